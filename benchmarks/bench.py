@@ -1,0 +1,263 @@
+"""Micro-benchmarks of gpe_jax's hot paths, comparable key for key with the PyTorch peer.
+
+    python benchmarks/bench.py [gme] [enc] [dec] [--variants] [--iters N]
+
+Prints ONE JSON line: the environment (jax version, backend, device kind and count, CPU count)
+and the median wall-clock seconds of each measured operation:
+
+  gme_n{n}_D{D}_d{d}_s            forward+backward (value and grad w.r.t. z) of the jitted
+                                  ``costs.gme_cost`` for x [n, D], z [n, d];
+  gme_blockwise_n{n}_D{D}_d{d}_s  the same with ``costs.gme_cost_blockwise`` (large sizes);
+  enc_step_b100_s                 one jitted Adam step of the real encoder stage
+                                  (``encoder.make_train_step``), MNIST-sized conv encoder;
+  dec_step_b100_s                 one jitted Adam step of the real decoder stage
+                                  (``decoder.make_train_step``), MNIST-sized conv decoder;
+  enc_step_strided_b100_s         (--variants) the encoder step with a paper-style encoder of
+                                  stride-2 5x5 convolutions, defined here;
+  dec_step_convtranspose_b100_s   (--variants) the decoder step with a paper-style decoder of
+                                  stride-2 4x4 ConvTranspose layers, defined here.
+
+With no positional argument all of gme, enc and dec run. Compilation is excluded (warm-up
+calls), every timed call ends with ``jax.block_until_ready`` on its outputs, and training
+states are donated to the step as in ``train_loop.run``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Run as a script from anywhere: make the repository root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpe_jax import costs, models, train_loop  # noqa: E402
+
+GME_SIZES = ((100, 1024, 30), (1000, 1024, 30), (2000, 3072, 100))
+BLOCKWISE_SIZES = GME_SIZES[1:]
+BENCHMARKS = ("gme", "enc", "dec")
+BATCH = 100
+IMAGE_SHAPE = (32, 32, 1)   # MNIST padded to 32x32, NHWC
+LATENT_DIM = 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def median_seconds(fn: Callable[[], Any], iters: int, warmup: int = 3) -> float:
+  """Median wall-clock seconds of ``fn()`` over ``iters`` calls after ``warmup`` calls.
+
+  ``fn`` returns the arrays it produced; each call is timed up to
+  ``jax.block_until_ready`` of them, so asynchronous dispatch is not mistaken for speed.
+  The first warm-up call compiles.
+  """
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def time_train_step(step_fn, init_fn, batch: dict, iters: int) -> float:
+  """Median seconds of one jitted, state-donating training step.
+
+  Args:
+    step_fn: (state, batch) -> (state, metrics), as the stage factories make it.
+    init_fn: key -> TrainState.
+    batch: the (fixed) batch fed to every step.
+    iters: timed steps.
+  """
+  state = jax.jit(init_fn)(jax.random.key(0))
+  step = jax.jit(step_fn, donate_argnums=(0,))
+  holder = {"state": state}
+
+  def one_step():
+    new_state, metrics = step(holder["state"], batch)
+    holder["state"] = new_state
+    return new_state, metrics
+
+  return median_seconds(one_step, iters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs (the same fields configs/base.py defines; the MNIST conv setting)
+
+
+def bench_config() -> ml_collections.ConfigDict:
+  """Model and stage sections of an MNIST-sized conv run (batch 100, latent 30)."""
+  config = ml_collections.ConfigDict()
+  config.model = m = ml_collections.ConfigDict()
+  m.kind = "conv"
+  m.latent_dim = LATENT_DIM
+  m.enc_features = (32, 64, 128)
+  m.dec_features = (128, 64, 32)
+  m.batch_norm = True
+  m.extra_convs = 0
+  m.enc_hidden = (512, 256)
+  m.dec_hidden = (256, 512)
+  m.layer_norm = False
+  for name in ("encoder", "decoder"):
+    s = ml_collections.ConfigDict()
+    s.lr = 1e-4
+    s.b1 = 0.5   # Adam betas (0.5, 0.999), as the peer and the paper
+    s.b2 = 0.999
+    s.grad_clip = 0.0
+    s.warmup_steps = 0
+    config[name] = s
+  config.decoder.l1_weight = 0.0
+  return config
+
+
+def image_batch(key: jax.Array) -> jax.Array:
+  """[BATCH, 32, 32, 1] uniform in [-1, 1] (the peer's ``rand * 2 - 1``)."""
+  return jax.random.uniform(key, (BATCH,) + IMAGE_SHAPE, jnp.float32, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper-style layers the codebase avoids on CPU (timed for the record with --variants)
+
+
+class StridedEncoder(nn.Module):
+  """The peer's encoder in Flax: conv 5x5 stride 2 (32-64-128), LeakyReLU(0.2), BatchNorm after
+  the first and third convolution, flatten, dense to the latent. x [B, 32, 32, 1] -> [B, d]."""
+  features: tuple = (32, 64, 128)
+  latent_dim: int = LATENT_DIM
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = x
+    for i, f in enumerate(self.features):
+      h = nn.Conv(f, (5, 5), strides=(2, 2), padding=((2, 2), (2, 2)))(h)  # torch padding=2
+      h = nn.leaky_relu(h, negative_slope=0.2)
+      if i % 2 == 0:
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(self.latent_dim)(h)
+
+
+class ConvTransposeDecoder(nn.Module):
+  """The peer's decoder in Flax: z [B, d] -> [B, 32, 32, 1] through 4x4 ConvTranspose layers
+  (1 -> 4, then stride 2 to 8, 16, 32), each followed by LeakyReLU(0.2) and a 5x5 conv with
+  BatchNorm; a final 5x5 conv to 1 channel and tanh.
+
+  Flax's ConvTranspose pads the stride-dilated input, so PyTorch's ``padding=p`` for a k-kernel
+  is ``k - 1 - p`` here: 3 for the first layer (p=0), 2 for the stride-2 ones (p=1).
+  """
+  channels: int = 1
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    act = lambda a: nn.leaky_relu(a, negative_slope=0.2)
+    h = z.reshape(z.shape[0], 1, 1, z.shape[-1])
+    h = act(nn.ConvTranspose(128, (4, 4), padding=((3, 3), (3, 3)))(h))        # 4x4
+    for up, width in ((64, 128), (32, 64), (128, 32)):
+      h = nn.Conv(width, (5, 5), padding="SAME")(h)
+      h = act(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
+      h = act(nn.ConvTranspose(up, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))(h))
+    h = nn.Conv(self.channels, (5, 5), padding="SAME")(h)                      # 32x32
+    return jnp.tanh(h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks
+
+
+def bench_gme(iters: int) -> dict:
+  """GME cost value+grad w.r.t. z, plain and blockwise."""
+  out = {}
+  plain = jax.jit(jax.value_and_grad(costs.gme_cost, argnums=1))
+  blockwise = jax.jit(jax.value_and_grad(costs.gme_cost_blockwise, argnums=1))
+  for n, D, d in GME_SIZES:
+    kx, kz = jax.random.split(jax.random.key(n))
+    x = jax.random.normal(kx, (n, D), jnp.float32)
+    z = jax.random.normal(kz, (n, d), jnp.float32)
+    out[f"gme_n{n}_D{D}_d{d}_s"] = median_seconds(lambda: plain(x, z), iters)
+    if (n, D, d) in BLOCKWISE_SIZES:
+      out[f"gme_blockwise_n{n}_D{D}_d{d}_s"] = median_seconds(lambda: blockwise(x, z), iters)
+  return out
+
+
+def bench_enc(iters: int, variants: bool, variant_iters: int) -> dict:
+  """One Adam step of the encoder stage (GME loss), the codebase's encoder and optionally the
+  strided paper-style one."""
+  from gpe_jax.stages import encoder
+  config = bench_config()
+  batch = {"x": image_batch(jax.random.key(1))}
+  model, tx = encoder.build(config, IMAGE_SHAPE)
+  out = {"enc_step_b100_s": time_train_step(encoder.make_train_step(model, tx),
+                                            encoder.make_init_fn(model, tx, IMAGE_SHAPE),
+                                            batch, iters)}
+  if variants:
+    model = StridedEncoder()
+    tx = train_loop.make_optimizer(config.encoder)
+    out["enc_step_strided_b100_s"] = time_train_step(
+        encoder.make_train_step(model, tx), encoder.make_init_fn(model, tx, IMAGE_SHAPE),
+        batch, variant_iters)
+  return out
+
+
+def bench_dec(iters: int, variants: bool, variant_iters: int) -> dict:
+  """One Adam step of the decoder stage (MSE loss on (z, x) pairs), the codebase's decoder and
+  optionally the ConvTranspose paper-style one."""
+  from gpe_jax.stages import decoder
+  config = bench_config()
+  kz, kx = jax.random.split(jax.random.key(2))
+  batch = {"z": jax.random.normal(kz, (BATCH, LATENT_DIM), jnp.float32), "x": image_batch(kx)}
+  tx = train_loop.make_optimizer(config.decoder)
+  model = models.build_decoder(config.model, IMAGE_SHAPE)
+  out = {"dec_step_b100_s": time_train_step(
+      decoder.make_train_step(model, tx, config.decoder.l1_weight),
+      decoder.make_init_fn(model, tx, LATENT_DIM), batch, iters)}
+  if variants:
+    model = ConvTransposeDecoder()
+    out["dec_step_convtranspose_b100_s"] = time_train_step(
+        decoder.make_train_step(model, tx), decoder.make_init_fn(model, tx, LATENT_DIM),
+        batch, variant_iters)
+  return out
+
+
+def environment() -> dict:
+  devices = jax.devices()
+  return {"jax": jax.__version__, "backend": jax.default_backend(),
+          "device_kind": devices[0].device_kind, "device_count": len(devices),
+          "cpu_count": os.cpu_count()}
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec}",
+                      help="benchmarks to run (default: all three)")
+  parser.add_argument("--variants", action="store_true",
+                      help="also time the paper-style strided / ConvTranspose layers")
+  parser.add_argument("--iters", type=int, default=None,
+                      help="timed iterations (default: 10 for gme and the --variants steps, "
+                           "20 for the codebase's steps)")
+  args = parser.parse_args(argv)
+  which = args.which or list(BENCHMARKS)
+  unknown = sorted(set(which) - set(BENCHMARKS))
+  if unknown:  # checked here: argparse's choices reject an empty nargs="*" list on 3.11
+    parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+  out = environment()
+  if "gme" in which:
+    out.update(bench_gme(args.iters or 10))
+  if "enc" in which:
+    out.update(bench_enc(args.iters or 20, args.variants, args.iters or 10))
+  if "dec" in which:
+    out.update(bench_dec(args.iters or 20, args.variants, args.iters or 10))
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,175 @@
+"""Pure math on arrays: pairwise distances, the GME cost, reconstruction, KL, MDS stress.
+
+Nothing here knows about Flax, configs or devices: every function takes arrays and returns
+arrays, so each can be jitted, vmapped, differentiated twice (the Hessian probes do) and
+tested against a NumPy reference.
+
+Conventions: a batch of data points is ``x [n, ...]`` (flattened internally to ``[n, D]``),
+a batch of embeddings is ``z [n, d]``. Pairwise squared distances are computed in the Gram
+form ``|a|^2 + |b|^2 - 2 a.b`` (clamped at 0): no ``[n, n, D]`` difference tensor is ever
+built, which keeps memory at O(n^2) and gradients/HVPs ~30x faster than the naive form.
+Data-space distances are computed in float32 or wider even if the network runs in bf16.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _flat(a: jax.Array) -> jax.Array:
+  """[n, ...] -> [n, D]."""
+  return a.reshape(a.shape[0], -1)
+
+
+def _at_least_f32(a: jax.Array) -> jax.Array:
+  return a if jnp.finfo(a.dtype).bits >= 32 else a.astype(jnp.float32)
+
+
+def sq_norms(a: jax.Array) -> jax.Array:
+  """Squared Euclidean norm of each row: [n, ...] -> [n]."""
+  a = _flat(a)
+  return jax.vmap(lambda v: jnp.vdot(v, v))(a)
+
+
+def pairwise_sq_dists(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
+  """Squared Euclidean distances between rows, Gram form.
+
+  Args:
+    a: [n, ...] points.
+    b: [m, ...] points (defaults to ``a``).
+
+  Returns:
+    [n, m] matrix of |a_i - b_j|^2, clamped at 0 (the Gram form can go slightly negative
+    from cancellation). On the diagonal of ``pairwise_sq_dists(a)`` it is exactly 0.
+  """
+  a = _flat(a)
+  same = b is None
+  b = a if same else _flat(b)
+  gram = a @ b.T
+  if same:
+    # Reuse the Gram diagonal so d(a_i, a_i) = 0 exactly (not just up to rounding).
+    na = jnp.diagonal(gram)
+    nb = na
+  else:
+    na, nb = sq_norms(a), sq_norms(b)
+  d2 = na[:, None] + nb[None, :] - 2.0 * gram
+  d2 = jnp.maximum(d2, 0.0)
+  if same:
+    d2 = d2 * (1.0 - jnp.eye(a.shape[0], dtype=d2.dtype))
+  return d2
+
+
+def log_distortion(x_sq: jax.Array, z_sq: jax.Array) -> jax.Array:
+  """log(1 + |x-y|^2) - log(1 + |Tx-Ty|^2), elementwise on squared distances."""
+  return jnp.log1p(x_sq) - jnp.log1p(z_sq)
+
+
+def gme_matrix(x: jax.Array, z: jax.Array) -> jax.Array:
+  """[n, n] matrix of squared log-distortions of all ordered pairs (diagonal 0)."""
+  x_sq = pairwise_sq_dists(_at_least_f32(x))
+  z_sq = pairwise_sq_dists(z).astype(x_sq.dtype)
+  return jnp.square(log_distortion(x_sq, z_sq))
+
+
+def gme_cost(x: jax.Array, z: jax.Array) -> jax.Array:
+  """Minibatch Gromov-Monge embedding cost (GPE paper, eq. 14).
+
+  GME = mean over all n*n ordered pairs (i, j) of
+        (log(1 + |x_i - x_j|^2) - log(1 + |z_i - z_j|^2))^2,
+  diagonal included (it contributes 0) -- the normalisation the paper's thresholds use.
+
+  Args:
+    x: [n, ...] data batch (flattened to [n, D]).
+    z: [n, d] embeddings T(x).
+
+  Returns:
+    Scalar cost.
+  """
+  return jnp.mean(gme_matrix(x, z))
+
+
+def gme_per_example(x: jax.Array, z: jax.Array) -> jax.Array:
+  """Per-example GME: row means of the pair matrix, [n]. ``mean(...) == gme_cost``."""
+  return jnp.mean(gme_matrix(x, z), axis=1)
+
+
+def gme_cost_blockwise(x: jax.Array, z: jax.Array, block: int = 256) -> jax.Array:
+  """GME with O(n * block) memory: same value as ``gme_cost`` for any batch size.
+
+  Rows are processed ``block`` at a time with ``lax.map`` (each block against all n
+  points), so the full [n, n] matrix never exists. The last block is padded and masked.
+
+  Args:
+    x: [n, ...] data batch.
+    z: [n, d] embeddings.
+    block: rows per block.
+
+  Returns:
+    Scalar cost, equal to ``gme_cost(x, z)`` up to float rounding.
+  """
+  x = _at_least_f32(_flat(x))
+  z = _flat(z)
+  n = x.shape[0]
+  block = max(1, min(block, n))
+  nblocks = -(-n // block)
+  pad = nblocks * block - n
+  xn, zn = sq_norms(x), sq_norms(z)
+  idx = jnp.arange(nblocks * block).reshape(nblocks, block)
+  xp = jnp.pad(x, ((0, pad), (0, 0)))
+  zp = jnp.pad(z, ((0, pad), (0, 0)))
+  xnp = jnp.pad(xn, (0, pad))
+  znp = jnp.pad(zn, (0, pad))
+
+  def one_block(rows):
+    xb, zb = xp[rows], zp[rows]
+    dx = jnp.maximum(xnp[rows][:, None] + xn[None, :] - 2.0 * xb @ x.T, 0.0)
+    dz = jnp.maximum(znp[rows][:, None] + zn[None, :] - 2.0 * zb @ z.T, 0.0)
+    off_diag = rows[:, None] != jnp.arange(n)[None, :]
+    valid = (rows < n)[:, None] & off_diag
+    sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))
+    return jnp.sum(jnp.where(valid, sq, 0.0))
+
+  total = jnp.sum(jax.lax.map(one_block, idx))
+  return total / (n * n)
+
+
+def mds_stress(x: jax.Array, z: jax.Array) -> jax.Array:
+  """Metric MDS stress: mean over ordered pairs of (|z_i - z_j| - |x_i - x_j|)^2.
+
+  Square roots are taken of the clamped squared distances with a safe gradient at 0.
+  """
+  x_sq = pairwise_sq_dists(_at_least_f32(x))
+  z_sq = pairwise_sq_dists(z).astype(x_sq.dtype)
+  return jnp.mean(jnp.square(_safe_sqrt(z_sq) - _safe_sqrt(x_sq)))
+
+
+def _safe_sqrt(a: jax.Array) -> jax.Array:
+  """sqrt with gradient 0 (not inf/nan) at a == 0."""
+  pos = a > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, a, 1.0)), 0.0)
+
+
+def recon_mse_per_example(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """Per-example mean squared error over pixels, [n]."""
+  diff = _flat(x_hat).astype(jnp.float32) - _flat(x).astype(jnp.float32)
+  return jnp.mean(jnp.square(diff), axis=1)
+
+
+def recon_mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """Reconstruction loss E_x mean_pixels (x - S(T(x)))^2 (PAPERS §1.3), scalar."""
+  return jnp.mean(recon_mse_per_example(x, x_hat))
+
+
+def recon_l1(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """Mean absolute reconstruction error (optional extra term), scalar."""
+  return jnp.mean(jnp.abs(_flat(x_hat).astype(jnp.float32) - _flat(x).astype(jnp.float32)))
+
+
+def gaussian_kl_per_example(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, diag(exp(logvar))) || N(0, I)) per example, summed over latent dims, [n]."""
+  return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+
+
+def flow_matching_loss(v_pred: jax.Array, z0: jax.Array, z1: jax.Array) -> jax.Array:
+  """Conditional flow-matching loss mean |v(z_t, t) - (z1 - z0)|^2 (PAPERS §1.5)."""
+  return jnp.mean(jnp.sum(jnp.square(v_pred - (z1 - z0)), axis=-1))

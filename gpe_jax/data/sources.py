@@ -1,0 +1,701 @@
+"""Dataset sources: where the bytes come from, and how they become a ``Dataset``.
+
+One loader per source, each taking the data config and returning a split, scaled,
+resized ``Dataset``:
+
+  * ``load_digits``       scikit-learn's bundled 8x8 digits (no files, no network).
+  * ``load_idx``          MNIST-style IDX files (raw or .gz) read by a small NumPy parser.
+  * ``load_tfds``         a dataset already prepared by tensorflow-datasets on local disk.
+  * ``load_npz``          a user .npz with ``x_train`` (+ optional ``x_test``, labels).
+  * ``load_image_folder`` a directory tree of .png/.jpg images.
+  * ``make_mixture``      the synthetic Gaussian mixture of the GPE paper (Fig. 3).
+
+Nothing here downloads: a source whose data is absent raises ``DataError`` with one
+paragraph naming every place searched and how to get the data. Loaders decide first which
+records each split needs (held-out split from ``split_seed``, then ``max_train`` /
+``max_test``) and only then decode, so a truncated run never decodes the whole corpus.
+
+Every process of a multi-host run may call these loaders and get identical arrays; each
+then takes its own rows per step through ``BatchSampler``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+import gzip
+import importlib.util
+import os
+
+import numpy as np
+
+from gpe_jax.data import transforms
+from gpe_jax.data.core import DataError, Dataset
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+# PIL modes that carry a single grey channel.
+_GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F'})
+# Records decoded per chunk by the lazy readers (tfds, image folders).
+_READ_CHUNK = 1024
+
+# --------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------
+
+
+def held_out_split(num_examples: int, num_held_out: int, split_seed: int, *, name: str,
+                   max_train: int = 0, max_test: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Deterministic train / held-out indices for a source without a test split.
+
+  ``perm = default_rng(split_seed).permutation(num_examples)``; the last ``num_held_out``
+  entries are held out, the rest train. ``max_train`` / ``max_test`` then keep the first
+  entries of each part (a seeded random subset), and each part is sorted so records are
+  read in storage order.
+
+  Returns:
+    int64 ``[n_train]`` and ``[n_test]`` sorted index arrays.
+  """
+  if not 0 < num_held_out < num_examples:
+    raise DataError(
+        f'Dataset {name!r} has {num_examples} examples and no separate test split, so '
+        f'--config.data.num_held_out (now {num_held_out}) must be between 1 and '
+        f'{num_examples - 1} to leave both a held-out split and training data.')
+  perm = np.random.default_rng(split_seed).permutation(num_examples)
+  train, test = perm[:num_examples - num_held_out], perm[num_examples - num_held_out:]
+  return np.sort(_truncate(train, max_train)), np.sort(_truncate(test, max_test))
+
+
+def official_split(num_train: int, num_test: int, *, max_train: int = 0,
+                   max_test: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Indices of a source with its own test split: the first ``max_*`` rows (0 = all)."""
+  return (_truncate(np.arange(num_train), max_train), _truncate(np.arange(num_test), max_test))
+
+
+def _truncate(idx: np.ndarray, max_n: int) -> np.ndarray:
+  return idx[:max_n] if max_n else idx
+
+
+def _cfg_split(cfg, name: str, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+  return held_out_split(num_examples, cfg.num_held_out, cfg.split_seed, name=name,
+                        max_train=cfg.max_train, max_test=cfg.max_test)
+
+
+def _images(x: np.ndarray, cfg, name: str) -> np.ndarray:
+  return transforms.prepare_images(x, center_crop_size=cfg.center_crop,
+                                   image_size=cfg.image_size, name=name)
+
+
+def _reject_image_options(cfg, name: str, what: str):
+  if cfg.image_size or cfg.center_crop:
+    raise DataError(
+        f'Dataset {name!r} holds {what}, not images, so --config.data.image_size (now '
+        f'{cfg.image_size}) and --config.data.center_crop (now {cfg.center_crop}) must be 0.')
+
+
+def _home(*parts: str) -> str:
+  return os.path.join(os.path.expanduser('~'), *parts)
+
+
+# --------------------------------------------------------------------------------------
+# scikit-learn digits
+# --------------------------------------------------------------------------------------
+
+
+def load_digits(cfg, name: str = 'digits') -> Dataset:
+  """scikit-learn's bundled 1,797 8x8 digits (values 0..16) as ``[N, 8, 8, 1]`` in [-1, 1].
+
+  The held-out split is the last ``num_held_out`` rows of a ``split_seed`` permutation.
+  """
+  from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
+  digits = sk_datasets.load_digits()
+  x = (digits.images.astype(np.float32) / np.float32(16.0) * 2 - 1)[..., None]
+  y = digits.target.astype(np.int32)
+  train, test = _cfg_split(cfg, name, x.shape[0])
+  return Dataset(name=name, x_train=_images(x[train], cfg, name),
+                 x_test=_images(x[test], cfg, name), y_train=y[train], y_test=y[test],
+                 source='sklearn digits')
+
+
+# --------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST)
+# --------------------------------------------------------------------------------------
+
+IDX_FILES = {
+    'x_train': 'train-images-idx3-ubyte',
+    'y_train': 'train-labels-idx1-ubyte',
+    'x_test': 't10k-images-idx3-ubyte',
+    'y_test': 't10k-labels-idx1-ubyte',
+}
+# Third magic byte -> element type (big-endian on disk).
+_IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
+
+
+def parse_idx(data: bytes, what: str = 'IDX data') -> np.ndarray:
+  """Parse the bytes of one IDX file (LeCun's MNIST format).
+
+  Layout: magic ``00 00 <type> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the
+  elements in C order. The length must match the header exactly.
+
+  Args:
+    data: the (decompressed) file contents.
+    what: the file name, for error messages.
+
+  Returns:
+    Array of shape ``[d0, ..., d_{ndim-1}]`` in native byte order (uint8 for images/labels).
+  """
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or not data[3]:
+    raise DataError(
+        f'{what} is not a valid IDX file: bad magic number {bytes(data[:4]).hex() or "(empty)"} '
+        '(expected 0000 followed by a type byte 08/09/0b/0c/0d/0e and a non-zero rank); the '
+        'file is corrupt or not an IDX file, so download it again.')
+  ndim = data[3]
+  header = 4 + 4 * ndim
+  if len(data) < header:
+    raise DataError(f'{what} is a truncated IDX file: {len(data)} bytes cannot hold the '
+                    f'{ndim} dimension sizes its header announces; download it again.')
+  dims = tuple(int(d) for d in np.frombuffer(data, '>u4', count=ndim, offset=4))
+  dtype = np.dtype(_IDX_DTYPES[data[2]])
+  expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+  if len(data) != expected:
+    raise DataError(f'{what} is a corrupt IDX file: the header announces shape {dims} '
+                    f'({expected} bytes) but the file has {len(data)} bytes; download it again.')
+  arr = np.frombuffer(data, dtype, offset=header).reshape(dims)
+  return arr.astype(dtype.newbyteorder('='), copy=False)
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Read an IDX file, gunzipping it first if its name ends in ``.gz``."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    if path.endswith('.gz'):
+      data = gzip.decompress(data)
+  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    raise DataError(f'Cannot read IDX file {path}: {e}; the file is corrupt or unreadable, so '
+                    'download it again.') from e
+  return parse_idx(data, what=path)
+
+
+def idx_search_dirs(name: str, path: str = '') -> list[str]:
+  """Directories searched for the IDX files of ``name``: ``path`` alone if it is set."""
+  if path:
+    return [os.path.abspath(os.path.expanduser(path))]
+  home_cache = _home('.cache', 'gpe_jax', name)
+  local = os.path.abspath(os.path.join('data', name))
+  if name == 'fashion_mnist':
+    # Debian/Ubuntu package dataset-fashion-mnist.
+    return ['/usr/share/datasets/fashion-mnist', home_cache, local]
+  return [home_cache, local, f'/usr/share/datasets/{name}']
+
+
+def find_idx_files(directory: str) -> dict[str, str] | None:
+  """The four IDX files in ``directory`` (raw preferred over .gz), or None if any is absent."""
+  found = {}
+  for key, base in IDX_FILES.items():
+    for candidate in (base, base + '.gz'):
+      full = os.path.join(directory, candidate)
+      if os.path.isfile(full):
+        found[key] = full
+        break
+    else:
+      return None
+  return found
+
+
+def find_idx_dir(name: str, path: str = '') -> tuple[str | None, list[str]]:
+  """First searched directory holding all four IDX files, and the list searched."""
+  searched = idx_search_dirs(name, path)
+  for directory in searched:
+    if find_idx_files(directory) is not None:
+      return directory, searched
+  return None, searched
+
+
+def idx_how_to(name: str) -> str:
+  """How to obtain the IDX files of ``name`` (one sentence fragment)."""
+  cache = _home('.cache', 'gpe_jax', name)
+  files = ', '.join(b + '.gz' for b in IDX_FILES.values())
+  if name == 'fashion_mnist':
+    return ('install the Debian/Ubuntu package dataset-fashion-mnist (apt-get install '
+            'dataset-fashion-mnist, files in /usr/share/datasets/fashion-mnist), or download '
+            f'{files} from https://github.com/zalandoresearch/fashion-mnist into {cache}, or '
+            'point --config.data.path at a directory that holds them')
+  return (f'download {files} (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) into '
+          f'{cache}, or point --config.data.path at a directory that holds them')
+
+
+def load_idx(cfg, name: str, directory: str | None = None) -> Dataset:
+  """MNIST-style IDX files -> ``[N, 28, 28, 1]`` in [-1, 1] with the official split.
+
+  Args:
+    cfg: data config.
+    name: ``'mnist'`` or ``'fashion_mnist'`` (any IDX dataset works).
+    directory: where the files are; searched for (see ``idx_search_dirs``) if None.
+  """
+  if directory is None:
+    directory, searched = find_idx_dir(name, cfg.path)
+    if directory is None:
+      raise DataError(
+          f'Dataset {name!r}: no IDX files ({", ".join(IDX_FILES.values())}, each optionally '
+          f'.gz) found; searched {", ".join(searched)}. To get them, {idx_how_to(name)}.')
+  files = find_idx_files(directory)
+  if files is None:
+    raise DataError(f'Dataset {name!r}: {directory} does not hold all four IDX files '
+                    f'({", ".join(IDX_FILES.values())}, each optionally .gz). To get them, '
+                    f'{idx_how_to(name)}.')
+  arrays = {key: read_idx(p) for key, p in files.items()}
+  for split in ('train', 'test'):
+    x, y = arrays['x_' + split], arrays['y_' + split]
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+      raise DataError(
+          f'Dataset {name!r}: IDX files in {directory} have inconsistent shapes for the '
+          f'{split} split (images {x.shape}, labels {y.shape}); expected [N, H, W] images and '
+          '[N] labels. Download the files again.')
+  train, test = official_split(arrays['x_train'].shape[0], arrays['x_test'].shape[0],
+                               max_train=cfg.max_train, max_test=cfg.max_test)
+  return Dataset(
+      name=name,
+      x_train=_images(arrays['x_train'][train][..., None], cfg, name),
+      x_test=_images(arrays['x_test'][test][..., None], cfg, name),
+      y_train=arrays['y_train'][train].astype(np.int32),
+      y_test=arrays['y_test'][test].astype(np.int32),
+      source=f'idx:{directory}')
+
+
+# --------------------------------------------------------------------------------------
+# tensorflow-datasets (prepared on local disk only)
+# --------------------------------------------------------------------------------------
+
+# name -> (tfds name incl. config, train split, test split or None, label key or None)
+TFDS_SPECS = {
+    'mnist': ('mnist', 'train', 'test', 'label'),
+    'fashion_mnist': ('fashion_mnist', 'train', 'test', 'label'),
+    'cifar10': ('cifar10', 'train', 'test', 'label'),
+    'celeb_a': ('celeb_a', 'train', 'validation', None),
+    'celeb_a_hq': ('celeb_a_hq/256', 'train', None, None),
+}
+
+
+def tfds_data_dir(cfg) -> str:
+  """``tfds_data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
+  data_dir = cfg.tfds_data_dir or os.environ.get('TFDS_DATA_DIR') or _home('tensorflow_datasets')
+  return os.path.abspath(os.path.expanduser(data_dir))
+
+
+def _version_key(version: str) -> tuple:
+  try:
+    return (1,) + tuple(int(p) for p in version.split('.'))
+  except ValueError:
+    return (0, version)
+
+
+def find_prepared_tfds(data_dir: str, tfds_name: str) -> str | None:
+  """Newest ``<data_dir>/<tfds_name>/<version>/`` holding a dataset_info.json, or None.
+
+  Pure file-system check: it runs before tensorflow-datasets is imported, so an absent
+  dataset fails in milliseconds instead of entering tfds' download/retry logic.
+  """
+  root = os.path.join(data_dir, *tfds_name.split('/'))
+  if not os.path.isdir(root):
+    return None
+  versions = [v for v in os.listdir(root)
+              if os.path.isfile(os.path.join(root, v, 'dataset_info.json'))]
+  if not versions:
+    return None
+  return os.path.join(root, max(versions, key=_version_key))
+
+
+def tfds_how_to(name: str, data_dir: str) -> str:
+  """How to obtain ``name`` for the tfds source (one sentence fragment)."""
+  tfds_name = TFDS_SPECS[name][0]
+  base, _, config = tfds_name.partition('/')
+  build = f'tfds build {base}' + (f' --config={config}' if config else '')
+  build += ' --file_format=array_record'
+  copy = (f'copy the resulting folder ~/tensorflow_datasets/{base} to {data_dir}/{base}, or set '
+          '--config.data.tfds_data_dir (or $TFDS_DATA_DIR) to the directory that holds it')
+  folder = ('or point --config.data.path at a folder of aligned face images with '
+            '--config.data.source=image_folder')
+  if name == 'celeb_a':
+    return f'prepare it with `{build}` on a machine with internet access and {copy}, {folder}'
+  if name == 'celeb_a_hq':
+    return (f'download CelebA-HQ manually as the tfds celeb_a_hq instructions describe, '
+            f'prepare it with `{build} --manual_dir=DIR` and {copy}, {folder}')
+  return f'prepare it with `{build}` on a machine with internet access and {copy}'
+
+
+def tfds_missing_message(name: str, data_dir: str) -> str:
+  tfds_name = TFDS_SPECS[name][0]
+  return (f'Dataset {name!r}: no prepared tensorflow-datasets copy of {tfds_name!r} found; '
+          f'searched {os.path.join(data_dir, *tfds_name.split("/"))} (a version folder with '
+          f'dataset_info.json). Nothing is downloaded at run time. To get it, '
+          f'{tfds_how_to(name, data_dir)}.')
+
+
+def _tfds_builder(tfds_name: str, data_dir: str, version_dir: str, name: str):
+  """Builder for the prepared copy in ``version_dir`` (never downloads)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  version = os.path.basename(version_dir)
+  try:
+    return tfds.builder(f'{tfds_name}:{version}', data_dir=data_dir)
+  except Exception as first:  # pylint: disable=broad-except
+    # E.g. the copy was prepared by a tfds release whose code knows other versions:
+    # the folder's own metadata is enough to read it.
+    try:
+      return tfds.builder_from_directory(version_dir)
+    except Exception as second:  # pylint: disable=broad-except
+      raise DataError(
+          f'Dataset {name!r}: tensorflow-datasets cannot open the prepared copy in '
+          f'{version_dir} ({type(first).__name__}: {first}; {type(second).__name__}: {second}). '
+          f'Re-prepare it: {tfds_how_to(name, data_dir)}.') from second
+
+
+def _is_array_record(builder) -> bool:
+  fmt = builder.info.file_format
+  return str(getattr(fmt, 'value', fmt) or '').lower() == 'array_record'
+
+
+def _record_image(record, name: str) -> np.ndarray:
+  image = np.asarray(record['image'])
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3:
+    raise DataError(f'Dataset {name!r}: tfds record has an image of shape {image.shape}, '
+                    'expected [H, W, C].')
+  return image
+
+
+def _stack_same_shape(images: list[np.ndarray]) -> Iterator[np.ndarray]:
+  """Stack consecutive same-shaped images into ``[n, H, W, C]`` chunks."""
+  start = 0
+  for i in range(1, len(images) + 1):
+    if i == len(images) or images[i].shape != images[start].shape:
+      yield np.stack(images[start:i])
+      start = i
+
+
+def _read_tfds_array_record(builder, split: str, indices: np.ndarray, label_key: str | None,
+                            labels: list, name: str) -> Iterator[np.ndarray]:
+  """Image chunks of ``split`` at sorted ``indices`` via ``as_data_source`` (no TensorFlow).
+
+  Labels (if ``label_key``) are appended to ``labels`` as the chunks are produced.
+  """
+  source = builder.as_data_source(split=split)
+  for start in range(0, len(indices), _READ_CHUNK):
+    keys = [int(i) for i in indices[start:start + _READ_CHUNK]]
+    if hasattr(source, '__getitems__'):
+      records = source.__getitems__(keys)
+    else:
+      records = [source[k] for k in keys]
+    if label_key:
+      labels.extend(int(r[label_key]) for r in records)
+    yield from _stack_same_shape([_record_image(r, name) for r in records])
+
+
+def _read_tfds_tensorflow(builder, split: str, indices: np.ndarray, label_key: str | None,
+                          labels: list, name: str) -> Iterator[np.ndarray]:
+  """Same as ``_read_tfds_array_record`` for tfrecord copies, through TensorFlow."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if not len(indices):
+    return
+  stop = int(indices[-1]) + 1
+  wanted = np.zeros(stop, bool)
+  wanted[indices] = True
+  ds = builder.as_dataset(split=f'{split}[:{stop}]', shuffle_files=False)
+  batch = []
+  for pos, record in enumerate(tfds.as_numpy(ds)):
+    if not wanted[pos]:
+      continue
+    if label_key:
+      labels.append(int(record[label_key]))
+    batch.append(_record_image(record, name))
+    if len(batch) == _READ_CHUNK:
+      yield from _stack_same_shape(batch)
+      batch = []
+  if batch:
+    yield from _stack_same_shape(batch)
+
+
+def load_tfds(cfg, name: str) -> Dataset:
+  """A dataset prepared by tensorflow-datasets on local disk; never downloads.
+
+  The folder ``<data_dir>/<tfds_name>/<version>/dataset_info.json`` is checked first
+  (``DataError`` at once if absent). array_record copies are read with
+  ``builder.as_data_source`` (no TensorFlow needed); other formats need TensorFlow.
+  Only the records the splits keep (after ``max_train`` / ``max_test``) are decoded.
+  """
+  if name not in TFDS_SPECS:
+    raise DataError(f'Dataset {name!r} has no tensorflow-datasets source; datasets with one: '
+                    f'{", ".join(TFDS_SPECS)}.')
+  tfds_name, train_split, test_split, label_key = TFDS_SPECS[name]
+  data_dir = tfds_data_dir(cfg)
+  version_dir = find_prepared_tfds(data_dir, tfds_name)
+  if version_dir is None:
+    raise DataError(tfds_missing_message(name, data_dir))
+  builder = _tfds_builder(tfds_name, data_dir, version_dir, name)
+
+  array_record = _is_array_record(builder)
+  if array_record and importlib.util.find_spec('array_record') is not None:
+    reader = _read_tfds_array_record
+  elif importlib.util.find_spec('tensorflow') is not None:
+    reader = _read_tfds_tensorflow
+  elif array_record:
+    raise DataError(
+        f'Dataset {name!r}: the prepared copy in {version_dir} is stored as array_record, '
+        'which needs the array_record package (or TensorFlow) to read; '
+        '`pip install array_record`.')
+  else:
+    raise DataError(
+        f'Dataset {name!r}: the prepared copy in {version_dir} is stored as '
+        f'{builder.info.file_format or "tfrecord"}, which needs TensorFlow to read, and '
+        'TensorFlow is not installed. Either `pip install tensorflow`, or re-prepare it in a '
+        f'format read without TensorFlow: `tfds build {tfds_name.split("/")[0]} '
+        '--file_format=array_record` (with `pip install array_record`).')
+
+  splits = builder.info.splits
+  n_train = splits[train_split].num_examples
+  if test_split is None:
+    train_idx, test_idx = _cfg_split(cfg, name, n_train)
+    read = [(train_split, train_idx), (train_split, test_idx)]
+  else:
+    train_idx, test_idx = official_split(n_train, splits[test_split].num_examples,
+                                         max_train=cfg.max_train, max_test=cfg.max_test)
+    read = [(train_split, train_idx), (test_split, test_idx)]
+
+  xs, ys = [], []
+  for split, idx in read:
+    if not len(idx):
+      raise DataError(f'Dataset {name!r}: split {split!r} of {version_dir} is empty.')
+    labels = []
+    chunks = reader(builder, split, idx, label_key, labels, name)
+    xs.append(transforms.transform_chunks(chunks, len(idx), center_crop_size=cfg.center_crop,
+                                          image_size=cfg.image_size, name=name))
+    ys.append(np.asarray(labels, np.int32) if label_key else None)
+  return Dataset(name=name, x_train=xs[0], x_test=xs[1], y_train=ys[0], y_test=ys[1],
+                 source=f'tfds:{tfds_name}@{data_dir}')
+
+
+# --------------------------------------------------------------------------------------
+# .npz files
+# --------------------------------------------------------------------------------------
+
+
+def _npz_examples(x: np.ndarray, key: str, path: str, name: str) -> np.ndarray:
+  """Validate one npz array; add a channel axis to ``[N, H, W]`` images."""
+  if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+    raise DataError(
+        f'Dataset {name!r}: {key} in {path} has dtype {x.dtype}; store uint8 pixels (0..255) '
+        'or floats already scaled to [-1, 1].')
+  if np.issubdtype(x.dtype, np.floating) and x.size:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1.001 or hi > 1.001:
+      raise DataError(
+          f'Dataset {name!r}: float array {key} in {path} has values in [{lo:g}, {hi:g}], but '
+          'float data must already lie in [-1, 1]; rescale it (e.g. x / 127.5 - 1 for 0..255 '
+          'pixels) or store uint8 pixels, which are scaled automatically.')
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.ndim == 4 and x.shape[-1] not in (1, 2, 3, 4) and x.shape[1] in (1, 3):
+    raise DataError(f'Dataset {name!r}: {key} in {path} has shape {x.shape}, which looks like '
+                    'NCHW; store images channels-last as [N, H, W, C].')
+  if x.ndim not in (2, 4):
+    raise DataError(f'Dataset {name!r}: {key} in {path} has shape {x.shape}; expected [N, D] '
+                    'vectors, [N, H, W] or [N, H, W, C] images.')
+  return x
+
+
+def _npz_labels(y: np.ndarray | None, key: str, n: int, path: str, name: str):
+  if y is None:
+    return None
+  if not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
+    raise DataError(f'Dataset {name!r}: {key} in {path} must be integers of shape [{n}]; got '
+                    f'{y.dtype} {y.shape}.')
+  return y.astype(np.int32)
+
+
+def load_npz(cfg, name: str = 'npz') -> Dataset:
+  """A .npz at ``path`` with ``x_train`` and optional ``x_test``, ``y_train``, ``y_test``.
+
+  uint8 arrays are scaled ``/255*2-1``; float arrays must already be in [-1, 1] (checked to
+  1e-3, then clipped). ``[N, H, W]`` images get a channel axis, ``[N, D]`` vectors stay
+  vectors. Without ``x_test`` a held-out split of ``num_held_out`` rows is made.
+  """
+  path = os.path.abspath(os.path.expanduser(cfg.path)) if cfg.path else ''
+  if not path or not os.path.isfile(path):
+    raise DataError(
+        f'Dataset {name!r}: the npz source reads --config.data.path, which '
+        f'{"is not set" if not path else f"points to {path}, which does not exist"}. Set it '
+        'to a .npz file holding x_train ([N, H, W(, C)] uint8/float images or [N, D] vectors) '
+        'and optionally x_test, y_train, y_test.')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'Dataset {name!r}: cannot read {path} as a .npz file ({e}).') from e
+  if 'x_train' not in arrays:
+    raise DataError(f'Dataset {name!r}: {path} has no x_train array (it holds '
+                    f'{", ".join(sorted(arrays)) or "nothing"}); save the training examples '
+                    'under the key x_train.')
+  x_train = _npz_examples(arrays['x_train'], 'x_train', path, name)
+  y_train = _npz_labels(arrays.get('y_train'), 'y_train', x_train.shape[0], path, name)
+  if 'x_test' in arrays:
+    x_test = _npz_examples(arrays['x_test'], 'x_test', path, name)
+    y_test = _npz_labels(arrays.get('y_test'), 'y_test', x_test.shape[0], path, name)
+    if (y_train is None) != (y_test is None):
+      raise DataError(f'Dataset {name!r}: {path} has labels for only one split; store both '
+                      'y_train and y_test, or neither.')
+    train, test = official_split(x_train.shape[0], x_test.shape[0], max_train=cfg.max_train,
+                                 max_test=cfg.max_test)
+  else:
+    if 'y_test' in arrays:
+      raise DataError(f'Dataset {name!r}: {path} has y_test but no x_test.')
+    train, test = _cfg_split(cfg, name, x_train.shape[0])
+    x_test, y_test = x_train, y_train
+  if x_train.ndim != x_test.ndim:
+    raise DataError(f'Dataset {name!r}: x_train {x_train.shape} and x_test {x_test.shape} in '
+                    f'{path} have different layouts.')
+  if x_train.ndim == 2:
+    _reject_image_options(cfg, name, 'vectors')
+    convert = lambda x: np.clip(transforms.to_signed_unit(x), -1.0, 1.0)
+  else:
+    convert = lambda x: _images(x, cfg, name)
+  return Dataset(name=name, x_train=convert(x_train[train]), x_test=convert(x_test[test]),
+                 y_train=None if y_train is None else y_train[train],
+                 y_test=None if y_test is None else y_test[test], source=f'npz:{path}')
+
+
+# --------------------------------------------------------------------------------------
+# Image folders
+# --------------------------------------------------------------------------------------
+
+
+def list_images(directory: str) -> list[str]:
+  """All .png/.jpg/.jpeg files under ``directory`` (recursive), sorted by relative path."""
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    for f in files:
+      if f.lower().endswith(IMAGE_SUFFIXES):
+        found.append(os.path.relpath(os.path.join(root, f), directory))
+  return [os.path.join(directory, f) for f in sorted(found)]
+
+
+def _open_image(path: str, name: str):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    return Image.open(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'Dataset {name!r}: cannot read image {path} ({e}); remove or replace the '
+                    'file.') from e
+
+
+def _read_folder_chunks(files: Sequence[str], mode: str, name: str) -> Iterator[np.ndarray]:
+  """Decode ``files`` (PIL, converted to ``mode``) into same-shape ``[n, H, W, C]`` chunks."""
+  for start in range(0, len(files), _READ_CHUNK // 4):
+    images = []
+    for path in files[start:start + _READ_CHUNK // 4]:
+      with _open_image(path, name) as im:
+        try:
+          arr = np.asarray(im.convert(mode))
+        except Exception as e:  # pylint: disable=broad-except
+          raise DataError(f'Dataset {name!r}: cannot decode image {path} ({e}).') from e
+      images.append(arr[..., None] if arr.ndim == 2 else arr)
+    yield from _stack_same_shape(images)
+
+
+def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
+  """Every .png/.jpg/.jpeg under ``path`` (recursive, sorted), unlabeled.
+
+  RGB, or single-channel if every image is greyscale; centre crop and resize per config
+  (images of different sizes need ``image_size``). Held-out split of ``num_held_out``.
+  """
+  path = os.path.abspath(os.path.expanduser(cfg.path)) if cfg.path else ''
+  if not path or not os.path.isdir(path):
+    raise DataError(
+        f'Dataset {name!r}: the image_folder source reads --config.data.path, which '
+        f'{"is not set" if not path else f"points to {path}, which is not a directory"}. Set '
+        'it to a directory holding .png/.jpg/.jpeg images (searched recursively).')
+  files = list_images(path)
+  if not files:
+    raise DataError(f'Dataset {name!r}: no .png/.jpg/.jpeg images found under {path} '
+                    '(searched recursively); point --config.data.path at a folder of images.')
+  gray = True
+  for f in files:
+    with _open_image(f, name) as im:
+      if im.mode not in _GRAY_MODES:
+        gray = False
+        break
+  mode = 'L' if gray else 'RGB'
+  train, test = _cfg_split(cfg, name, len(files))
+
+  def load(idx):
+    chunks = _read_folder_chunks([files[i] for i in idx], mode, name)
+    return transforms.transform_chunks(chunks, len(idx), center_crop_size=cfg.center_crop,
+                                       image_size=cfg.image_size, name=name)
+
+  return Dataset(name=name, x_train=load(train), x_test=load(test), y_train=None, y_test=None,
+                 source=f'image_folder:{path}')
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic Gaussian mixture
+# --------------------------------------------------------------------------------------
+
+
+def mixture_centres(num_components: int, dim: int, radius: float) -> np.ndarray:
+  """[K, dim] centres equally spaced on a circle of ``radius`` in coordinates 0 and 1."""
+  angles = 2 * np.pi * np.arange(num_components) / num_components
+  centres = np.zeros((num_components, dim))
+  centres[:, 0] = radius * np.cos(angles)
+  centres[:, 1] = radius * np.sin(angles)
+  return centres
+
+
+def sample_mixture(rng: np.random.Generator, n: int, centres: np.ndarray, std_major: float,
+                   std_minor: float) -> tuple[np.ndarray, np.ndarray]:
+  """``n`` draws of the equal-weight mixture: float32 ``[n, dim]`` points, int32 ``[n]`` labels."""
+  k, dim = centres.shape
+  labels = rng.integers(k, size=n)
+  std = np.full(dim, std_minor)
+  std[:2] = std_major
+  x = centres[labels] + rng.standard_normal((n, dim)) * std
+  return x.astype(np.float32), labels.astype(np.int32)
+
+
+def make_mixture(cfg, name: str = 'mixture') -> Dataset:
+  """The GPE paper's Fig. 3 data: ``num_components`` equal-weight Gaussians in R^dim.
+
+  Centres lie on a circle of ``radius`` in the first two coordinates (zero elsewhere);
+  the std is ``std_major`` in those two coordinates and ``std_minor`` in the other dim - 2,
+  so the data is a thin slab around a 2-D ring. Labels are the components. Train and test
+  are independent draws from ``default_rng([seed, 0])`` and ``default_rng([seed, 1])``
+  (changing ``num_train`` leaves the test set unchanged). Not rescaled to [-1, 1].
+  """
+  m = cfg.mixture
+  _reject_image_options(cfg, name, 'synthetic vectors')
+  if cfg.path:
+    raise DataError(f'Dataset {name!r} is synthetic (generated from --config.data.mixture.*) '
+                    f'and reads no files, but --config.data.path is set to {cfg.path!r}; '
+                    'clear it.')
+  problems = []
+  if m.num_components < 1:
+    problems.append(f'num_components={m.num_components} (need >= 1)')
+  if m.dim < 2:
+    problems.append(f'dim={m.dim} (need >= 2: the circle lives in the first two coordinates)')
+  if m.num_train < 1 or m.num_test < 1:
+    problems.append(f'num_train={m.num_train}, num_test={m.num_test} (need >= 1)')
+  if m.std_major < 0 or m.std_minor < 0 or m.radius < 0:
+    problems.append(f'radius={m.radius}, std_major={m.std_major}, std_minor={m.std_minor} '
+                    '(need >= 0)')
+  if m.seed < 0:
+    problems.append(f'seed={m.seed} (need >= 0)')
+  if problems:
+    raise DataError(f'Dataset {name!r}: invalid --config.data.mixture settings: '
+                    f'{"; ".join(problems)}.')
+  centres = mixture_centres(m.num_components, m.dim, m.radius)
+  x_train, y_train = sample_mixture(np.random.default_rng([m.seed, 0]), m.num_train, centres,
+                                    m.std_major, m.std_minor)
+  x_test, y_test = sample_mixture(np.random.default_rng([m.seed, 1]), m.num_test, centres,
+                                  m.std_major, m.std_minor)
+  train, test = official_split(m.num_train, m.num_test, max_train=cfg.max_train,
+                               max_test=cfg.max_test)
+  return Dataset(name=name, x_train=x_train[train], x_test=x_test[test], y_train=y_train[train],
+                 y_test=y_test[test],
+                 source=f'synthetic mixture (K={m.num_components}, dim={m.dim}, seed={m.seed})')

@@ -1,0 +1,82 @@
+"""Model families and the builders that size them from config.
+
+``build_encoder`` / ``build_decoder`` are the only places that read ``config.model``; modules
+themselves take typed fields.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from gpe_jax.models.nets import (ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder,
+                                 depth_to_space, space_to_depth)
+
+__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "build_decoder",
+           "build_encoder", "depth_to_space", "space_to_depth"]
+
+KINDS = ("mlp", "conv")
+
+
+def _check_kind(kind: str, example_shape: Sequence[int]) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"config.model.kind={kind!r} is not a model family; use one of {KINDS}.")
+  if kind == "conv" and len(example_shape) != 3:
+    raise ValueError(f"config.model.kind='conv' needs images [H, W, C], but the data's examples "
+                     f"have shape {tuple(example_shape)}; use --config.model.kind=mlp.")
+
+
+def build_encoder(model_cfg, example_shape: Sequence[int], out_mult: int = 1):
+  """Encoder T: x [B, *example_shape] -> [B, latent_dim * out_mult].
+
+  ``out_mult=2`` gives the (mean, log-variance) head of a VAE encoder.
+  """
+  _check_kind(model_cfg.kind, example_shape)
+  if model_cfg.kind == "mlp":
+    return MLPEncoder(hidden=tuple(model_cfg.enc_hidden), latent_dim=model_cfg.latent_dim,
+                      out_mult=out_mult, norm=model_cfg.layer_norm, final_bias=out_mult > 1)
+  return ConvEncoder(features=tuple(model_cfg.enc_features), latent_dim=model_cfg.latent_dim,
+                     out_mult=out_mult, batch_norm=model_cfg.batch_norm,
+                     extra_convs=model_cfg.extra_convs, final_bias=out_mult > 1)
+
+
+def build_decoder(model_cfg, example_shape: Sequence[int]):
+  """Decoder S: z [B, latent_dim] -> x [B, *example_shape]."""
+  _check_kind(model_cfg.kind, example_shape)
+  is_image = len(example_shape) == 3
+  if model_cfg.kind == "mlp":
+    return MLPDecoder(hidden=tuple(model_cfg.dec_hidden), out_shape=tuple(example_shape),
+                      tanh_output=is_image, norm=model_cfg.layer_norm)
+  h, w, c = example_shape
+  if h != w:
+    raise ValueError(f"ConvDecoder makes square images; the data is {h}x{w}. Set "
+                     "--config.data.image_size (with center_crop) to make it square.")
+  return ConvDecoder(features=tuple(model_cfg.dec_features), image_size=h, channels=c,
+                     batch_norm=model_cfg.batch_norm)
+
+
+def apply_model(model, params, batch_stats, x, train: bool, **kwargs):
+  """Run ``model`` and return (output, new_batch_stats); handles models without BatchNorm.
+
+  Args:
+    model: a linen module.
+    params, batch_stats: its variables (``batch_stats`` may be ``{}``).
+    x: the input batch.
+    train: training mode (batch statistics are then used and updated).
+
+  Returns:
+    (output, batch_stats after the call: updated when ``train`` and the model has any).
+  """
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+    if train:
+      out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], **kwargs)
+      return out, updates["batch_stats"]
+  return model.apply(variables, x, train=train, **kwargs), batch_stats
+
+
+def init_variables(model, key, example_shape):
+  """(params, batch_stats) of ``model`` for inputs [B, *example_shape]."""
+  import jax.numpy as jnp
+  variables = model.init({"params": key}, jnp.zeros((2,) + tuple(example_shape), jnp.float32),
+                         train=False)
+  return variables["params"], variables.get("batch_stats", {})

@@ -1,0 +1,157 @@
+"""Encoder and decoder families (Flax linen), one parameterised family per role.
+
+Images are NHWC in [-1, 1]; vectors are [B, D]. Sizes come from config through
+``gpe_jax.models.build_encoder`` / ``build_decoder``; modules take typed fields only.
+
+CPU note (measured in ``benchmarks/``): on XLA:CPU a stride-2 convolution's input gradient and
+any ConvTranspose are very slow, so the conv families here change resolution without them:
+down-sampling is space-to-depth (a free reshape) followed by a stride-1 convolution, and
+up-sampling is a stride-1 convolution to 4x channels followed by depth-to-space (pixel
+shuffle). Both are as expressive as their strided counterparts (a stride-2 kxk conv is a
+stride-1 ceil(k/2)-conv after space-to-depth) and fast on every backend.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
+  """[B, H, W, C] -> [B, H/b, W/b, C*b*b]."""
+  b, h, w, c = x.shape
+  if h % block or w % block:
+    raise ValueError(f"space_to_depth needs H and W divisible by {block}, got {h}x{w}; "
+                     "choose an image_size that is a multiple of 2**len(features).")
+  x = x.reshape(b, h // block, block, w // block, block, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // block, w // block, block * block * c)
+
+
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+  """[B, H, W, C*b*b] -> [B, H*b, W*b, C] (pixel shuffle; inverse of space_to_depth)."""
+  b, h, w, c = x.shape
+  co = c // (block * block)
+  x = x.reshape(b, h, w, block, block, co)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * block, w * block, co)
+
+
+def _act(x: jax.Array) -> jax.Array:
+  return nn.leaky_relu(x, negative_slope=0.2)
+
+
+class MLPEncoder(nn.Module):
+  """x [B, ...] -> z [B, latent_dim] (or [B, 2*latent_dim] if ``out_mult=2``).
+
+  ``final_bias``: a bias on the output layer. Off for point encoders: GME is invariant under
+  latent translations, so that bias has an exactly-zero gradient and Adam would only amplify
+  float noise into it (the decoder's first layer absorbs translations anyway). On for the
+  VAE's (mean, log-variance) head, whose KL term is not translation invariant.
+  """
+  hidden: Sequence[int]
+  latent_dim: int
+  out_mult: int = 1
+  norm: bool = False
+  final_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = x.reshape(x.shape[0], -1)
+    for width in self.hidden:
+      h = nn.Dense(width)(h)
+      if self.norm:
+        h = nn.LayerNorm()(h)
+      h = _act(h)
+    return nn.Dense(self.latent_dim * self.out_mult, use_bias=self.final_bias)(h)
+
+
+class MLPDecoder(nn.Module):
+  """z [B, d] -> x [B, *out_shape]; ``tanh`` output for [-1, 1] images, linear for vectors."""
+  hidden: Sequence[int]
+  out_shape: Sequence[int]
+  tanh_output: bool = True
+  norm: bool = False
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    h = z
+    for width in self.hidden:
+      h = nn.Dense(width)(h)
+      if self.norm:
+        h = nn.LayerNorm()(h)
+      h = _act(h)
+    size = 1
+    for s in self.out_shape:
+      size *= s
+    h = nn.Dense(size)(h)
+    if self.tanh_output:
+      h = jnp.tanh(h)
+    return h.reshape((z.shape[0],) + tuple(self.out_shape))
+
+
+class ConvEncoder(nn.Module):
+  """Image encoder: per level, space-to-depth then a 3x3 conv (stride 1), LeakyReLU(0.2),
+  BatchNorm on every ``norm_every``-th level; then flatten and a dense map to the latent.
+
+  x [B, H, W, C] -> z [B, latent_dim * out_mult]. H and W must be divisible by
+  2**len(features). ``final_bias`` as in MLPEncoder.
+  """
+  features: Sequence[int]
+  latent_dim: int
+  out_mult: int = 1
+  batch_norm: bool = True
+  kernel: int = 3
+  extra_convs: int = 0
+  final_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = x
+    for i, f in enumerate(self.features):
+      h = space_to_depth(h)
+      h = nn.Conv(f, (self.kernel, self.kernel), padding="SAME")(h)
+      h = _act(h)
+      for _ in range(self.extra_convs):
+        h = _act(nn.Conv(f, (self.kernel, self.kernel), padding="SAME")(h))
+      if self.batch_norm and i % 2 == 0:
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(self.latent_dim * self.out_mult, use_bias=self.final_bias)(h)
+
+
+class ConvDecoder(nn.Module):
+  """Image decoder: dense to [B, s, s, features[0]], then per level a 3x3 conv to 4x channels
+  and depth-to-space (x2 resolution), LeakyReLU(0.2), optional BatchNorm and a second 3x3 conv;
+  a final 3x3 conv to ``channels`` and tanh.
+
+  z [B, d] -> x [B, H, W, channels] with H = W = image_size.
+  """
+  features: Sequence[int]
+  image_size: int
+  channels: int
+  batch_norm: bool = True
+  kernel: int = 3
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    levels = len(self.features)
+    base = self.image_size // (2 ** levels)
+    if base * 2 ** levels != self.image_size or base < 1:
+      raise ValueError(f"ConvDecoder: image_size {self.image_size} is not divisible by "
+                       f"2**{levels}; change model.dec_features or data.image_size.")
+    h = nn.Dense(base * base * self.features[0])(z)
+    h = _act(h).reshape(z.shape[0], base, base, self.features[0])
+    k = (self.kernel, self.kernel)
+    for f in self.features:
+      h = nn.Conv(4 * f, k, padding="SAME")(h)
+      h = _act(depth_to_space(h))
+      # No bias before BatchNorm: BN removes it, its gradient is exactly zero.
+      h = nn.Conv(f, k, padding="SAME", use_bias=not self.batch_norm)(h)
+      if self.batch_norm:
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+      h = _act(h)
+    h = nn.Conv(self.channels, k, padding="SAME")(h)
+    return jnp.tanh(h)

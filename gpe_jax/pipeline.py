@@ -1,0 +1,67 @@
+"""Runs the configured stages in order; stages hand off through files in the workdir.
+
+    data -> encoder (GME) -> encoder/latent_stats.npz -> decoder (reconstruction) -> ...
+
+Rerunning with the same workdir resumes: finished stages are skipped (their ``done.json``),
+an interrupted stage continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+
+from gpe_jax import logs, parallel, plots
+from gpe_jax.data import load_dataset
+from gpe_jax.parallel import ConfigError
+from gpe_jax.stages import common, decoder, encoder
+
+STAGES = {
+    encoder.NAME: encoder.run,
+    decoder.NAME: decoder.run,
+}
+
+
+def validate(config) -> None:
+  """Fail fast, with the fix in the message, on configs that cannot run."""
+  stages = tuple(config.stages)
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown or not stages:
+    raise ConfigError(f"config.stages={stages!r}: unknown stage(s) {unknown}. Known stages, in "
+                      f"pipeline order: {tuple(STAGES)}; e.g. "
+                      "--config.stages=\"('encoder','decoder')\".")
+  for name in stages:
+    section = config[name]
+    for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+      if int(section[key]) < (0 if key == "num_steps" else 1):
+        raise ConfigError(f"config.{name}.{key}={section[key]} must be positive.")
+
+
+def run(config, workdir: str) -> dict:
+  """Run ``config.stages`` in ``workdir``; returns the summary (also in summary.json)."""
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  logs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  t0 = time.perf_counter()
+  data = load_dataset(config.data)
+  logging.info("data: %s train %s, held-out %s from %s (%.1f s)", data.name,
+               data.x_train.shape, data.x_test.shape, data.source, time.perf_counter() - t0)
+  logging.info("devices: %d x %s, processes: %d", mesh.devices.size, jax.devices()[0].platform,
+               jax.process_count())
+  writer = logs.MetricsWriter(workdir)
+  ctx = common.Context(config=config, workdir=workdir, mesh=mesh, data=data, writer=writer)
+  summary = {}
+  try:
+    for name in config.stages:
+      summary[name] = STAGES[name](ctx)
+  finally:
+    writer.close()
+    if logs.is_main_process():
+      plots.loss_curves(logs.read_metrics(workdir), os.path.join(workdir, "loss_curves.png"),
+                        title=f"{data.name}: training curves")
+  return logs.read_json(os.path.join(workdir, "summary.json"), summary)

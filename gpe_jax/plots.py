@@ -1,0 +1,348 @@
+"""PNG plots a person would rather look at than read (GUIDE §9).
+
+Every function takes host arrays (NumPy, or JAX arrays, which are converted), writes one PNG,
+closes its figure (long runs call these repeatedly; open figures would leak memory) and returns
+the path it wrote. The Agg backend is selected here, before pyplot is imported, so plotting works
+on headless training machines.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (must follow matplotlib.use)
+import numpy as np  # noqa: E402
+
+_DPI = 110
+
+
+def _save(fig, path) -> str:
+  """Writes fig to path (creating the parent folder), closes it, returns str(path)."""
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+# --------------------------------------------------------------------------- loss curves
+
+
+def _finite_float(v: Any) -> float | None:
+  """v as a finite float, or None (strings, None, NaN, inf, arrays of size != 1)."""
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return None
+  return f if math.isfinite(f) else None
+
+
+def loss_curves(records: Sequence[dict], path, title: str = "") -> str:
+  """Training loss and validation metrics vs step, one subplot per stage.
+
+  Args:
+    records: metrics.jsonl rows such as
+      ``{"stage": "encoder", "step": 10, "loss": 0.1, "val_gme": 0.05}``. Rows without a
+      ``stage`` go to a stage named ``"train"``; rows without a ``step`` use their index within
+      the stage. ``loss`` is drawn as a line (markers too when there are few points), every
+      ``val_*`` key as markers. Non-finite values are skipped.
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    The path written.
+  """
+  stages: dict[str, list[dict]] = {}
+  for rec in records:
+    stages.setdefault(str(rec.get("stage", "train")), []).append(rec)
+
+  ncols = max(1, min(3, len(stages)))
+  nrows = max(1, -(-len(stages) // ncols))
+  fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.6 * nrows), squeeze=False)
+  for ax in axes.flat[len(stages):]:
+    ax.set_visible(False)
+  if not stages:
+    axes[0, 0].set_visible(True)
+    axes[0, 0].text(0.5, 0.5, "no records", ha="center", va="center",
+                    transform=axes[0, 0].transAxes)
+    axes[0, 0].set_axis_off()
+
+  for ax, (stage, recs) in zip(axes.flat, stages.items()):
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for i, rec in enumerate(recs):
+      step = _finite_float(rec.get("step", i))
+      step = float(i) if step is None else step
+      for key, val in rec.items():
+        if key != "loss" and not key.startswith("val_"):
+          continue
+        fv = _finite_float(val)
+        if fv is None:
+          continue
+        xs, ys = series.setdefault(key, ([], []))
+        xs.append(step)
+        ys.append(fv)
+
+    all_y = [y for _, ys in series.values() for y in ys]
+    if "loss" in series:
+      xs, ys = series["loss"]
+      order = np.argsort(xs, kind="stable")
+      ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], "-",
+              marker="." if len(xs) <= 50 else None, lw=1.2, label="loss")
+    for key in sorted(k for k in series if k != "loss"):
+      xs, ys = series[key]
+      ax.plot(xs, ys, "o", ms=4, label=key)
+    if all_y and min(all_y) > 0:
+      ax.set_yscale("log")
+    if not series:
+      ax.text(0.5, 0.5, "no loss / val_* values", ha="center", va="center",
+              transform=ax.transAxes)
+    else:
+      ax.legend(fontsize=8)
+    ax.set_title(stage)
+    ax.set_xlabel("step")
+    ax.grid(True, which="both", alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- image grids
+
+
+def _as_nhwc(images) -> np.ndarray | None:
+  """Images to a float [n, H, W, C] array (C in {1, 3}), or None for plain vectors.
+
+  Accepts [n, H, W, C], [n, C, H, W] (when C in {1, 3} sits in axis 1 but not axis 3) and
+  [n, H, W] (grey). Anything of rank <= 2 is treated as a batch of vectors.
+  """
+  a = np.asarray(images, dtype=np.float32)
+  if a.ndim == 3:
+    return a[..., None]
+  if a.ndim != 4:
+    return None
+  if a.shape[-1] not in (1, 3) and a.shape[1] in (1, 3):
+    a = np.transpose(a, (0, 2, 3, 1))
+  if a.shape[-1] not in (1, 3):
+    return None
+  return a
+
+
+def _tile(imgs: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
+  """[n, H, W, C] in [-1, 1] -> one [rows*(H+pad)+pad, ncol*(W+pad)+pad, C] canvas in [0, 1].
+
+  Empty cells and the padding are white.
+  """
+  n, h, w, c = imgs.shape
+  nrow = max(1, -(-n // ncol))
+  canvas = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32)
+  vals = np.clip((imgs + 1.0) / 2.0, 0.0, 1.0)
+  vals = np.nan_to_num(vals, nan=0.0)
+  for i in range(n):
+    r, col = divmod(i, ncol)
+    top, left = pad + r * (h + pad), pad + col * (w + pad)
+    canvas[top:top + h, left:left + w] = vals[i]
+  return canvas
+
+
+def _show_canvas(ax, canvas: np.ndarray) -> None:
+  if canvas.shape[-1] == 1:
+    ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+  else:
+    ax.imshow(canvas, interpolation="nearest")
+  ax.set_axis_off()
+
+
+def _vector_heatmap(ax, vecs: np.ndarray, label: str = "") -> None:
+  """Heatmap of [n, D] vectors (rows = samples), the fallback for non-image data."""
+  vecs = np.asarray(vecs, np.float32).reshape(vecs.shape[0], -1)
+  im = ax.imshow(vecs, aspect="auto", cmap="coolwarm", interpolation="nearest")
+  ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  ax.set_xlabel("dimension")
+  ax.set_ylabel(label or "sample")
+
+
+def image_grid(images, path, nrow: int | None = None, title: str = "") -> str:
+  """Tiles a batch of images into one square-ish grid.
+
+  Args:
+    images: [n, H, W, C] with C in {1, 3} and values in [-1, 1] (also [n, C, H, W] and
+      [n, H, W]). A batch of vectors [n, D] (e.g. a synthetic mixture) has no image layout,
+      so it is drawn as a heatmap with one row per sample instead.
+    path: output PNG path.
+    nrow: images per grid row (torchvision's convention); default ceil(sqrt(n)).
+    title: figure title.
+
+  Returns:
+    The path written.
+  """
+  imgs = _as_nhwc(images)
+  if imgs is None:
+    vecs = np.asarray(images, np.float32)
+    vecs = vecs.reshape(vecs.shape[0], -1) if vecs.ndim >= 1 else vecs.reshape(1, 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _vector_heatmap(ax, vecs)
+  else:
+    n = imgs.shape[0]
+    ncol = nrow if nrow else max(1, math.ceil(math.sqrt(max(n, 1))))
+    canvas = _tile(imgs, ncol)
+    scale = 6.0 / max(canvas.shape[:2])
+    fig, ax = plt.subplots(figsize=(max(2.0, canvas.shape[1] * scale),
+                                    max(2.0, canvas.shape[0] * scale)))
+    _show_canvas(ax, canvas)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def recon_grid(x, x_hat, path, n: int = 32, title: str = "") -> str:
+  """Originals and reconstructions in alternating rows (original row above its reconstruction).
+
+  Args:
+    x: [N, H, W, C] originals in [-1, 1] (same layouts as ``image_grid``), or [N, D] vectors.
+    x_hat: reconstructions, same shape as x.
+    path: output PNG path.
+    n: number of pairs shown (the first n).
+    title: figure title.
+
+  Returns:
+    The path written.
+  """
+  n = max(1, min(int(n), np.shape(x)[0]))
+  orig, rec = _as_nhwc(np.asarray(x)[:n]), _as_nhwc(np.asarray(x_hat)[:n])
+  if orig is None or rec is None:
+    xo = np.asarray(x, np.float32)[:n].reshape(n, -1)
+    xr = np.asarray(x_hat, np.float32)[:n].reshape(n, -1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _vector_heatmap(axes[0], xo, "original")
+    _vector_heatmap(axes[1], xr, "reconstruction")
+    axes[0].set_title("original")
+    axes[1].set_title("reconstruction")
+  else:
+    ncol = max(1, math.ceil(math.sqrt(2 * n)))
+    blank = np.ones_like(orig[:1])  # white cell in [-1, 1] units
+    rows = []
+    for s in range(0, n, ncol):
+      for part in (orig[s:s + ncol], rec[s:s + ncol]):
+        fill = ncol - part.shape[0]
+        rows.append(np.concatenate([part] + [blank] * fill, axis=0) if fill else part)
+    canvas = _tile(np.concatenate(rows, axis=0), ncol)
+    scale = 6.0 / max(canvas.shape[:2])
+    fig, ax = plt.subplots(figsize=(max(2.0, canvas.shape[1] * scale),
+                                    max(2.0, canvas.shape[0] * scale)))
+    _show_canvas(ax, canvas)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- latents
+
+
+def latent_scatter(z, labels, path, title: str = "") -> str:
+  """2-D scatter of embeddings, coloured by class label when given.
+
+  Args:
+    z: [n, d] embeddings. d = 2 is drawn as is; d > 2 is projected on its top-2 principal
+      components (NumPy SVD of the centred points; the axis labels say so and give the share
+      of variance); d = 1 is drawn against the sample index.
+    labels: [n] integer labels or None. Up to 20 classes get a discrete colormap and a legend;
+      more get a continuous colormap with a colour bar.
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    The path written.
+  """
+  z = np.asarray(z, np.float64)
+  z = z.reshape(z.shape[0], -1)
+  n, d = z.shape
+  if d >= 3:
+    zc = z - z.mean(axis=0)
+    _, s, vt = np.linalg.svd(zc, full_matrices=False)
+    pts = zc @ vt[:2].T
+    var = s ** 2
+    share = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    xlabel = f"PC1 ({100 * share[0]:.1f}% var, of d={d})"
+    ylabel = f"PC2 ({100 * share[1]:.1f}% var, of d={d})"
+  elif d == 2:
+    pts, xlabel, ylabel = z, "z[0]", "z[1]"
+  else:
+    pts = np.stack([np.arange(n, dtype=np.float64), z[:, 0] if d else np.zeros(n)], axis=1)
+    xlabel, ylabel = "index", "z[0]"
+
+  size = 4 if n > 2000 else 8
+  fig, ax = plt.subplots(figsize=(6, 5.4))
+  if labels is None:
+    ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.6, lw=0)
+  else:
+    labels = np.asarray(labels).reshape(-1)
+    classes = np.unique(labels)
+    if classes.size <= 20:
+      cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
+      for i, c in enumerate(classes):
+        sel = labels == c
+        ax.scatter(pts[sel, 0], pts[sel, 1], s=size, alpha=0.7, lw=0, color=cmap(i),
+                   label=str(c))
+      ax.legend(fontsize=7, markerscale=2, loc="best", title="label", title_fontsize=8)
+    else:
+      sc = ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.7, lw=0, c=labels,
+                      cmap="viridis")
+      fig.colorbar(sc, ax=ax, label="label")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if d == 2:
+    ax.set_aspect("equal", adjustable="datalim")
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def distortion_plot(dx, dz, path, title: str = "") -> str:
+  """How an encoder distorts distances: pairs of data vs latent distances.
+
+  Left: |x - y| against |Tx - Ty| with the identity line (an isometry lies on it). Right:
+  log(1 + |x - y|^2) against log(1 + |Tx - Ty|^2) -- the two quantities whose squared
+  difference the GME cost averages (PAPERS §1.1) -- with the identity line.
+
+  Args:
+    dx: [m] data-space distances of some pairs (e.g. from ``evals.geometry.pair_distances``).
+    dz: [m] latent distances of the same pairs.
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    The path written.
+  """
+  dx = np.asarray(dx, np.float64).reshape(-1)
+  dz = np.asarray(dz, np.float64).reshape(-1)
+  lx, lz = np.log1p(dx ** 2), np.log1p(dz ** 2)
+  alpha = float(np.clip(300.0 / max(dx.size, 1), 0.05, 0.6))
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+  panels = [
+      (dx, dz, "|x - y|", "|Tx - Ty|", "distances"),
+      (lx, lz, "log(1 + |x - y|^2)", "log(1 + |Tx - Ty|^2)", "what GME compares"),
+  ]
+  for ax, (a, b, xl, yl, name) in zip(axes, panels):
+    ax.scatter(a, b, s=3, alpha=alpha, lw=0, rasterized=True)
+    finite = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
+    hi = float(finite.max()) if finite.size else 1.0
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    hi = hi if hi > lo else lo + 1.0
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.set_title(name)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)

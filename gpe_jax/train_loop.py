@@ -1,0 +1,266 @@
+"""The one shared training loop: every stage (encoder, decoder, prior, baselines, GAN) runs here.
+
+A stage hands the loop pure functions (``init_fn(key) -> TrainState``,
+``step_fn(state, batch) -> (state, metrics)``, a host batch function of the step, an optional
+held-out evaluation); the loop owns everything else:
+  * ``jax.jit`` with explicit shardings on a ("data",) mesh and donated state;
+  * orbax checkpoints of the full state (params, optimiser, batch stats, step, RNG) with
+    keep-N, and automatic resume: rerunning the same command continues from the latest
+    checkpoint, and a checkpoint that cannot be restored is an error, never a silent restart;
+  * a NaN/Inf guard naming stage and step; a progress bar with loss and steps/s;
+  * periodic held-out evaluation and early stop at ``target_loss``;
+  * metrics.jsonl / TensorBoard logging from process 0.
+Because the batch and the step's RNG are pure functions of (seed, step), a resumed run
+reproduces an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from gpe_jax import logs, parallel
+
+# Test hook: SIGKILL this process right after the checkpoint of this step is committed, to
+# test that a killed run resumes exactly. Never set in normal use.
+KILL_ENV = "GPE_JAX_KILL_AT_STEP"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be restored into the configured state."""
+
+
+class NonFiniteError(FloatingPointError):
+  """The training loss became NaN or Inf."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The full, explicit state of one stage; never mutated in place.
+
+  Attributes:
+    step: int32 scalar, number of completed steps.
+    params: model parameters (a pytree; several models' params in a dict where a stage
+      trains more than one network).
+    batch_stats: BatchNorm running statistics ({} when the model has none).
+    opt_state: optax state.
+    rng: uint32 raw key data of the stage's base key; step keys are ``fold_in(key, step)``.
+    ema_params: exponential moving average of ``params`` ({} where a stage keeps none).
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  ema_params: Any = dataclasses.field(default_factory=dict)
+
+  def step_key(self) -> jax.Array:
+    """The PRNG key of the current step: fold_in(base key, step)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+
+def new_state(key: jax.Array, params, batch_stats, tx, ema: bool = False) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=jax.random.key_data(key),
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else {})
+
+
+@dataclasses.dataclass
+class Stage:
+  """What a stage gives the loop.
+
+  Attributes:
+    name: stage name; its files go to ``workdir/<name>/``.
+    cfg: the stage's config section (num_steps, log_every, eval_every, checkpoint_every,
+      keep_checkpoints, target_loss).
+    init_fn: key -> TrainState, pure.
+    step_fn: (state, batch) -> (state, metrics dict of scalars), pure.
+    batch_fn: step -> dict of host numpy arrays (this process's slice of the global batch).
+    eval_fn: state -> dict of held-out metrics (python floats), or None.
+    target_key: which eval metric ``cfg.target_loss`` applies to.
+  """
+  name: str
+  cfg: Any
+  init_fn: Callable[[jax.Array], TrainState]
+  step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]]
+  batch_fn: Callable[[int], dict]
+  eval_fn: Callable[[TrainState], dict] | None = None
+  target_key: str = ""
+
+
+@dataclasses.dataclass
+class Result:
+  state: TrainState
+  steps: int
+  seconds: float
+  stopped_by: str
+  eval_metrics: dict
+
+
+def checkpoint_dir(workdir: str, stage: str) -> str:
+  return os.path.abspath(os.path.join(workdir, stage, "checkpoints"))
+
+
+def abstract_with_sharding(abstract_state, sharding):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      abstract_state)
+
+
+def restore_checkpoint(ckpt_dir: str, abstract_state, mesh, step: int | None = None,
+                       what: str = "") -> TrainState:
+  """Restore a TrainState (replicated on ``mesh``) from an orbax directory.
+
+  Raises:
+    CheckpointError: with the directory, the step and the cause, when there is no checkpoint
+      or it does not fit the configured model (e.g. a changed latent_dim).
+  """
+  target = abstract_with_sharding(abstract_state, parallel.replicated(mesh))
+  with ocp.CheckpointManager(ckpt_dir) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No checkpoint found in {ckpt_dir}{what}. Run the stage that "
+                            "writes it first (list it in config.stages), or point the config "
+                            "at a directory that holds one.")
+    try:
+      return mngr.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax raises many types; all mean the same to a user
+      raise CheckpointError(
+          f"The checkpoint at step {step} in {ckpt_dir} cannot be restored into the state "
+          f"this config builds{what} ({type(e).__name__}: {str(e)[:500]}). Most often the "
+          "model config (latent_dim, widths, kind) differs from the run that wrote it. Use "
+          "the original config, or a new --workdir to start afresh; the checkpoint is left "
+          "untouched.") from e
+
+
+def _check_finite(stage: str, step: int, loss: float, last_ok: int) -> None:
+  if not np.isfinite(loss):
+    raise NonFiniteError(
+        f"Stage '{stage}': the training loss is {loss} at step {step} (finite at step "
+        f"{last_ok}). Training stopped; checkpoints up to the last finite check are kept. Lower "
+        f"--config.{stage}.lr, enable --config.{stage}.grad_clip, or check the data for "
+        "NaNs, then rerun the same command to resume from the last checkpoint.")
+
+
+def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int) -> Result:
+  """Train ``stage`` to ``cfg.num_steps`` (or ``cfg.target_loss``), resuming if possible."""
+  cfg = stage.cfg
+  ckpt_dir = checkpoint_dir(workdir, stage.name)
+  timing_path = os.path.join(workdir, stage.name, "timing.json")
+  os.makedirs(os.path.dirname(ckpt_dir), exist_ok=True)
+  rep = parallel.replicated(mesh)
+  key = jax.random.fold_in(jax.random.key(seed), _stage_salt(stage.name))
+
+  abstract = jax.eval_shape(stage.init_fn, key)
+  state_sharding = jax.tree.map(lambda _: rep, abstract)
+  init = jax.jit(stage.init_fn, out_shardings=state_sharding)
+  step_fn = jax.jit(stage.step_fn, in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                    out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True)
+  mngr = ocp.CheckpointManager(ckpt_dir, options=options)
+  latest = mngr.latest_step()
+  timing = logs.read_json(timing_path, {})
+  if latest is not None:
+    state = restore_checkpoint(ckpt_dir, abstract, mesh, latest)
+    logging.info("%s: resumed from step %d (%s)", stage.name, latest, ckpt_dir)
+    writer.truncate(stage.name, latest)
+    prior_seconds = float(timing.get(str(latest), 0.0))
+  else:
+    state = init(key)
+    prior_seconds = 0.0
+  start = int(state.step)
+  num_steps = int(cfg.num_steps)
+  kill_at = int(os.environ.get(KILL_ENV, "-1"))
+
+  eval_metrics: dict = {}
+  stopped_by = "num_steps"
+
+  def evaluate(step: int) -> bool:
+    nonlocal eval_metrics
+    if stage.eval_fn is None:
+      return False
+    eval_metrics = {k: float(v) for k, v in stage.eval_fn(state).items()}
+    writer.write(stage.name, step, eval_metrics)
+    target = float(cfg.get("target_loss", 0.0) or 0.0)
+    return bool(target > 0 and stage.target_key and eval_metrics[stage.target_key] <= target)
+
+  def save(step: int) -> None:
+    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    timing[str(step)] = prior_seconds + time.perf_counter() - t_start
+    mngr.wait_until_finished()
+    logs.write_json(timing_path, timing)
+    if step == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  t_start = time.perf_counter()
+  last_ok, window_t, window_s = start, time.perf_counter(), start
+  bar = tqdm(total=num_steps, initial=start, desc=stage.name, dynamic_ncols=True,
+             disable=not logs.is_main_process() or not cfg.get("progress_bar", True),
+             mininterval=1.0)
+  metrics = None
+  step = start
+  try:
+    if start >= num_steps and stage.eval_fn is not None:
+      evaluate(start)
+    while step < num_steps:
+      batch = parallel.to_global(stage.batch_fn(step), mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      bar.update(1)
+      is_log = step % cfg.log_every == 0 or step == num_steps
+      is_ckpt = step % cfg.checkpoint_every == 0 or step == num_steps
+      is_eval = step % cfg.eval_every == 0 or step == num_steps
+      if is_log or is_ckpt:
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(stage.name, step, host["loss"], last_ok)
+        last_ok = step
+        now = time.perf_counter()
+        host["steps_per_sec"] = (step - window_s) / max(now - window_t, 1e-9)
+        window_t, window_s = now, step
+        if is_log:
+          writer.write(stage.name, step, host)
+          bar.set_postfix(loss=f"{host['loss']:.4g}", it_s=f"{host['steps_per_sec']:.1f}")
+      reached = evaluate(step) if is_eval else False
+      if reached:
+        stopped_by = "target_loss"
+      if is_ckpt or reached:
+        save(step)
+      if reached:
+        break
+  finally:
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  seconds = prior_seconds + time.perf_counter() - t_start
+  if step >= num_steps and start >= num_steps:
+    seconds = float(timing.get(str(start), seconds))
+  return Result(state=state, steps=step, seconds=seconds, stopped_by=stopped_by,
+                eval_metrics=eval_metrics)
+
+
+def _stage_salt(name: str) -> int:
+  """A stable integer per stage name, so stages draw independent keys from one seed."""
+  return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") % (2 ** 31)
+
+
+def make_optimizer(stage_cfg):
+  """Adam with the stage's lr and betas, optional global-norm clipping and warm-up."""
+  import optax
+  lr = stage_cfg.lr
+  if stage_cfg.get("warmup_steps", 0):
+    lr = optax.linear_schedule(0.0, stage_cfg.lr, stage_cfg.warmup_steps)
+  parts = []
+  if stage_cfg.get("grad_clip", 0.0):
+    parts.append(optax.clip_by_global_norm(stage_cfg.grad_clip))
+  parts.append(optax.adam(lr, b1=stage_cfg.b1, b2=stage_cfg.b2))
+  return optax.chain(*parts)
