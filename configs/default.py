@@ -23,7 +23,7 @@ def get_config(arg=None):
   config.model.dec_hidden = (256, 256)
   config.encoder.update(num_steps=4000, lr=1e-3, log_every=100, eval_every=500,
                         checkpoint_every=1000)
-  config.decoder.update(num_steps=6000, lr=1e-3, log_every=100, eval_every=500,
+  config.decoder.update(num_steps=3000, lr=1e-3, log_every=100, eval_every=500,
                         checkpoint_every=1000)
   config.eval.num_examples = 0
   return base.apply_arg(config, arg, {"data.batch_size": 32})

@@ -23,7 +23,7 @@ def test_space_to_depth_roundtrip():
 
 
 @pytest.mark.parametrize("shape,kind", [((8, 8, 1), "conv"), ((32, 32, 3), "conv"),
-                                        ((28, 28, 1), "mlp"), ((500,), "mlp")])
+                                        ((28, 28, 1), "conv"), ((28, 28, 1), "mlp"), ((500,), "mlp")])
 def test_encoder_decoder_shapes(shape, kind):
   cfg = model_cfg(kind)
   enc, dec = models.build_encoder(cfg, shape), models.build_decoder(cfg, shape)

@@ -1,0 +1,67 @@
+"""Every config parses, its smoke variant shrinks it, and its model builds for its data shape."""
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from gpe_jax import models
+
+CONFIGS = ["default", "fashion_mnist", "mnist", "cifar10", "celeba", "celeba_hq", "mixture"]
+SHAPES = {"default": (8, 8, 1), "fashion_mnist": (32, 32, 1), "mnist": (32, 32, 1),
+          "cifar10": (32, 32, 3), "celeba": (64, 64, 3), "celeba_hq": (256, 256, 3),
+          "mixture": (500,)}
+PAPER = {  # PAPERS §1.8: (latent, batch, encoder GME threshold)
+    "mnist": (30, 100, 3.5e-3), "cifar10": (100, 100, 1.5e-3), "celeba": (100, 100, 5e-4),
+    "celeba_hq": (100, 50, 8e-4)}
+
+
+def load(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_and_smoke(name):
+  full, smoke = load(name), load(name, "smoke")
+  for c in (full, smoke):
+    assert tuple(c.stages) == ("encoder", "decoder")
+    for key in ("seed", "data.name", "data.path", "data.batch_size", "model.latent_dim",
+                "encoder.num_steps", "encoder.lr", "decoder.num_steps", "decoder.lr"):
+      node = c
+      for part in key.split("."):
+        node = node[part]
+  assert smoke.encoder.num_steps < full.encoder.num_steps
+  assert smoke.data.batch_size <= full.data.batch_size
+  assert smoke.data.batch_size % 8 == 0  # smoke runs also fit 8 fake devices
+  if name in PAPER:
+    latent, batch, threshold = PAPER[name]
+    assert (full.model.latent_dim, full.data.batch_size, full.encoder.target_loss) == (
+        latent, batch, threshold)
+  assert full.encoder.b1 == 0.5 and full.encoder.b2 == 0.999
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_models_fit_their_data(name):
+  cfg = load(name, "smoke")
+  shape = SHAPES[name]
+  enc = models.build_encoder(cfg.model, shape)
+  dec = models.build_decoder(cfg.model, shape)
+  x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+  z = jax.eval_shape(lambda x: enc.init_with_output(jax.random.key(0), x)[0], x)
+  assert z.shape == (2, cfg.model.latent_dim)
+  out = jax.eval_shape(lambda z: dec.init_with_output(jax.random.key(0), z)[0], z)
+  assert out.shape == (2,) + shape
+
+
+def test_unknown_config_argument_is_an_error():
+  with pytest.raises(ValueError, match="smoke"):
+    load("default", "smkoe")
+
+
+def test_config_files_document_their_command():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in CONFIGS:
+    doc = importlib.import_module(f"configs.{name}").__doc__
+    assert f"--config=configs/{name}.py" in doc, name
+    assert os.path.exists(os.path.join(root, "configs", f"{name}.py"))
