@@ -19,7 +19,9 @@ and the median wall-clock seconds of each measured operation:
 
 With no positional argument all of gme, enc and dec run. Compilation is excluded (warm-up
 calls), every timed call ends with ``jax.block_until_ready`` on its outputs, and training
-states are donated to the step as in ``train_loop.run``.
+states are donated to the step as in ``train_loop.run``. Medians are over 10 calls (gme and
+the --variants steps, one of which takes seconds on CPU) or 20 (the codebase's steps);
+``--iters N`` sets them all. See benchmarks/README.md for the peer comparison.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ def stage_config(num_steps=1000, lr=1e-4, target_loss=0.0, **overrides):
   c.b2 = 0.999
   c.grad_clip = 0.0     # global-norm clipping, 0 = off
   c.warmup_steps = 0
+  c.lr_schedule = "constant"  # or 'cosine': decay to 1% of lr over num_steps
   c.target_loss = target_loss  # stop when the held-out loss reaches this (0 = off)
   c.log_every = 50
   c.eval_every = 500

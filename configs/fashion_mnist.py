@@ -23,9 +23,11 @@ def get_config(arg=None):
   # Narrower than the MNIST config's decoder so that a CPU run stays quick: (64, 32, 16) takes
   # 0.16 s per step at batch 100 on 2 cores, (128, 64, 32) 0.45 s (benchmarks/).
   config.model.dec_features = (64, 32, 16)
-  config.encoder.update(num_steps=3000, lr=1e-3, target_loss=0.0, log_every=50,
-                        eval_every=500, checkpoint_every=500)
-  config.decoder.update(num_steps=3000, lr=1e-3, log_every=50, eval_every=500,
-                        checkpoint_every=500)
+  config.encoder.update(
+      lr_schedule="cosine", num_steps=3000, lr=1e-3, target_loss=0.0, log_every=50,
+      eval_every=500, checkpoint_every=500)
+  config.decoder.update(
+      lr_schedule="cosine", num_steps=3000, lr=1e-3, log_every=50, eval_every=500,
+      checkpoint_every=500)
   return base.apply_arg(config, arg, {"data.batch_size": 32, "data.max_train": 512,
                                       "data.max_test": 128})

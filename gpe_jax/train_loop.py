@@ -177,6 +177,7 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
     prior_seconds = float(timing.get(str(latest), 0.0))
   else:
     state = init(key)
+    writer.truncate(stage.name, 0)  # rows of an earlier attempt that never checkpointed
     prior_seconds = 0.0
   start = int(state.step)
   num_steps = int(cfg.num_steps)
@@ -253,12 +254,29 @@ def _stage_salt(name: str) -> int:
   return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") % (2 ** 31)
 
 
-def make_optimizer(stage_cfg):
-  """Adam with the stage's lr and betas, optional global-norm clipping and warm-up."""
+def learning_rate(stage_cfg):
+  """The stage's learning rate: constant, or cosine-decayed to 1% over ``num_steps``
+  (``lr_schedule='cosine'``), after an optional linear warm-up. The schedule is a function of
+  the step in the optimiser state, so resumed runs follow it exactly."""
   import optax
-  lr = stage_cfg.lr
-  if stage_cfg.get("warmup_steps", 0):
-    lr = optax.linear_schedule(0.0, stage_cfg.lr, stage_cfg.warmup_steps)
+  warmup = int(stage_cfg.get("warmup_steps", 0))
+  kind = stage_cfg.get("lr_schedule", "constant")
+  if kind == "constant":
+    main = optax.constant_schedule(stage_cfg.lr)
+  elif kind == "cosine":
+    main = optax.cosine_decay_schedule(stage_cfg.lr, max(1, stage_cfg.num_steps - warmup),
+                                       alpha=0.01)
+  else:
+    raise parallel.ConfigError(f"lr_schedule={kind!r} is not known; use 'constant' or 'cosine'.")
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, stage_cfg.lr, warmup), main], [warmup])
+
+
+def make_optimizer(stage_cfg):
+  """Adam with the stage's lr schedule and betas, optional global-norm clipping."""
+  import optax
+  lr = learning_rate(stage_cfg)
   parts = []
   if stage_cfg.get("grad_clip", 0.0):
     parts.append(optax.clip_by_global_norm(stage_cfg.grad_clip))

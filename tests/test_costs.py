@@ -109,3 +109,11 @@ def test_mds_stress_kl_and_recon_against_numpy():
   np.testing.assert_allclose(costs.gaussian_kl_per_example(mean, logvar), kl, rtol=1e-5)
   np.testing.assert_allclose(costs.recon_mse(x, z @ np.ones((4, 20), np.float32)),
                              np.mean((x - z @ np.ones((4, 20))) ** 2), rtol=1e-5)
+
+
+def test_minibatch_vmap_matches_loop():
+  x, z = random_xz(60, 40, 5, seed=7)
+  xs, zs = x.reshape(3, 20, 40), z.reshape(3, 20, 5)
+  got = costs.gme_cost_minibatches(xs, zs)
+  want = [float(costs.gme_cost(xs[i], zs[i])) for i in range(3)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpe_jax import logs, models
-from gpe_jax.data import BatchSampler, Dataset, iterate_eval_batches
+from gpe_jax.data import BatchSampler, Dataset
 
 
 @dataclasses.dataclass
@@ -92,13 +92,6 @@ def inference_fn(model, **kwargs) -> Callable:
     out, _ = models.apply_model(model, params, batch_stats, x, train=False, **kwargs)
     return out
   return fn
-
-
-def mean_over_eval_batches(fn: Callable[[np.ndarray], jax.Array], x: np.ndarray,
-                           batch_size: int, max_examples: int) -> float:
-  """Average a per-batch scalar over the deterministic held-out eval batches."""
-  vals = [float(fn(xb)) for xb in iterate_eval_batches(x, batch_size, max_examples)]
-  return float(np.mean(vals))
 
 
 def latent_stats(z: np.ndarray) -> dict:

@@ -11,10 +11,12 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from gpe_jax import costs, models, plots, train_loop
+from gpe_jax.data import iterate_eval_batches
 from gpe_jax.evals import geometry
 from gpe_jax.stages import common
 
@@ -23,7 +25,8 @@ NAME = "encoder"
 
 def build(config, example_shape):
   """(model, optimizer) of the encoder stage."""
-  return models.build_encoder(config.model, example_shape), train_loop.make_optimizer(config.encoder)
+  model = models.build_encoder(config.model, example_shape)
+  return model, train_loop.make_optimizer(config.encoder)
 
 
 def make_init_fn(model, tx, example_shape):
@@ -78,12 +81,14 @@ def run(ctx: common.Context) -> dict:
   bsz = cfg.data.batch_size
 
   embed_fn = common.inference_fn(model)
-  gme_fn = jax.jit(lambda p, s, x: costs.gme_cost(x, embed_fn(p, s, x)))
+  x_eval = np.stack(list(iterate_eval_batches(data.x_test, bsz, cfg.eval.num_examples)))
+  gme_batches = jax.jit(costs.gme_cost_minibatches)
 
   def eval_fn(state):
-    gme = functools.partial(gme_fn, state.params, state.batch_stats)
-    return {"val_gme": common.mean_over_eval_batches(gme, data.x_test, bsz,
-                                                     cfg.eval.num_examples)}
+    """Held-out GME: mean over minibatches of the training batch size (the paper's scale)."""
+    embed = functools.partial(embed_fn, state.params, state.batch_stats)
+    z = common.batched_apply(embed, x_eval.reshape((-1,) + shape), bsz)
+    return {"val_gme": float(jnp.mean(gme_batches(x_eval, z.reshape(x_eval.shape[:2] + (-1,)))))}
 
   stage = train_loop.Stage(name=NAME, cfg=cfg.encoder, init_fn=make_init_fn(model, tx, shape),
                            step_fn=make_train_step(model, tx), batch_fn=sampler,
