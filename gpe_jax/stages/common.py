@@ -6,7 +6,6 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gpe_jax import logs, models

@@ -18,7 +18,6 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
