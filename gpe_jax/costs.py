@@ -185,7 +185,3 @@ def gaussian_kl_per_example(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mean, diag(exp(logvar))) || N(0, I)) per example, summed over latent dims, [n]."""
   return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
 
-
-def flow_matching_loss(v_pred: jax.Array, z0: jax.Array, z1: jax.Array) -> jax.Array:
-  """Conditional flow-matching loss mean |v(z_t, t) - (z1 - z0)|^2 (PAPERS §1.5)."""
-  return jnp.mean(jnp.sum(jnp.square(v_pred - (z1 - z0)), axis=-1))

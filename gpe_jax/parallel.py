@@ -74,7 +74,3 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
 
-
-def replicate_tree(tree, mesh: Mesh):
-  """Put every leaf of a host pytree on all devices of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
