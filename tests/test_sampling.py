@@ -1,0 +1,152 @@
+"""ODE samplers: convergence orders on a linear ODE, time dependence, adaptive DOPRI5, jit."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from gpe_jax import sampling
+
+# Rotation (frequency 3) + decay, with a little coupling; float32 like the sampler.
+A = np.array([[-0.75, -3.0, 0.45],
+              [3.0, -0.75, 0.0],
+              [0.3, 0.0, -1.5]], np.float32)
+Z0 = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+
+
+def linear_velocity(z, t):
+  del t
+  return z @ jnp.asarray(A).T
+
+
+def linear_exact(z0, t0, t1):
+  """Exact solution of dz/dt = A z (rows of z0 are states), in float64."""
+  return np.asarray(z0, np.float64) @ scipy.linalg.expm((t1 - t0) * A.astype(np.float64)).T
+
+
+def cos_velocity(z, t):
+  return jnp.cos(t) * z
+
+
+def cos_exact(z0, t0, t1):
+  return np.asarray(z0, np.float64) * np.exp(np.sin(t1) - np.sin(t0))
+
+
+def max_err(got, want):
+  return float(np.max(np.abs(np.asarray(got, np.float64) - want)))
+
+
+@pytest.mark.parametrize("method,order,steps", [
+    ("euler", 1, (16, 32, 64)),
+    ("heun", 2, (16, 32, 64)),
+    ("rk4", 4, (8, 16, 32)),
+])
+def test_fixed_step_convergence_order(method, order, steps):
+  exact = linear_exact(Z0, 0.0, 1.0)
+  errs = []
+  for n in steps:
+    z1, info = sampling.integrate(linear_velocity, Z0, method=method, num_steps=n,
+                                  t0=0.0, t1=1.0)
+    assert z1.shape == Z0.shape and z1.dtype == jnp.float32
+    assert int(info["nfe"]) == sampling._NFE_PER_STEP[method] * n
+    errs.append(max_err(z1, exact))
+  orders = [np.log2(errs[i] / errs[i + 1]) for i in range(len(errs) - 1)]
+  for p in orders:
+    assert abs(p - order) <= 0.3, (method, errs, orders)
+
+
+@pytest.mark.parametrize("method", sampling.METHODS + ("dopri5",))
+def test_time_dependent_ode(method):
+  t0, t1 = 0.1, 2.0
+  z1, _ = sampling.solve(cos_velocity, Z0, method=method, num_steps=64, t0=t0, t1=t1)
+  tol = {"euler": 5e-2, "heun": 2e-3, "rk4": 1e-5, "dopri5": 1e-4}[method]
+  assert max_err(z1, cos_exact(Z0, t0, t1)) < tol
+  # A wrong time argument (e.g. t fixed at t0) would give a very different answer.
+  assert max_err(Z0 * np.exp(np.cos(t0) * (t1 - t0)), cos_exact(Z0, t0, t1)) > 100 * tol
+
+
+def test_backward_integration_inverts_forward():
+  for method in ("rk4", "dopri5"):
+    z1, _ = sampling.solve(cos_velocity, Z0, method=method, num_steps=32, t0=0.0, t1=1.0)
+    z0, _ = sampling.solve(cos_velocity, z1, method=method, num_steps=32, t0=1.0, t1=0.0)
+    assert max_err(z0, np.asarray(Z0, np.float64)) < 1e-4, method
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-5])
+def test_dopri5_accuracy_and_counts(tol):
+  z1, info = sampling.integrate_adaptive(linear_velocity, Z0, t0=0.0, t1=1.0, rtol=tol,
+                                         atol=tol)
+  assert bool(info["reached_t1"])
+  acc, rej, nfe = int(info["num_accepted"]), int(info["num_rejected"]), int(info["nfe"])
+  assert acc > 0 and nfe > 0
+  assert nfe == 1 + 6 * (acc + rej)
+  assert max_err(z1, linear_exact(Z0, 0.0, 1.0)) < 10 * tol
+
+
+def test_dopri5_tighter_tolerance_costs_more():
+  nfes = []
+  for tol in (1e-3, 1e-5, 1e-6):
+    _, info = sampling.integrate_adaptive(linear_velocity, Z0, t0=0.0, t1=1.0, rtol=tol,
+                                          atol=tol)
+    nfes.append(int(info["nfe"]))
+  assert nfes[0] < nfes[1] < nfes[2], nfes
+
+
+def test_dopri5_rejects_oversized_first_step_and_respects_max_steps():
+  _, info = sampling.integrate_adaptive(linear_velocity, Z0, t0=0.0, t1=1.0, first_step=1.0)
+  assert int(info["num_rejected"]) >= 1 and bool(info["reached_t1"])
+  _, info = sampling.integrate_adaptive(linear_velocity, Z0, t0=0.0, t1=1.0, rtol=1e-6,
+                                        atol=1e-6, first_step=1e-3, max_steps=3)
+  assert int(info["num_accepted"]) + int(info["num_rejected"]) == 3
+  assert not bool(info["reached_t1"])
+  assert int(info["nfe"]) == 1 + 6 * 3
+
+
+def test_dopri5_error_norm_is_max_over_batch():
+  # One example with a fast rate dominates step-size control; all must meet the tolerance.
+  rates = jnp.asarray([0.1, 0.1, 0.1, 4.0], jnp.float32)[:, None]
+  z1, _ = sampling.integrate_adaptive(lambda z, t: -rates * z, Z0, t0=0.0, t1=1.0,
+                                      rtol=1e-5, atol=1e-5)
+  exact = np.asarray(Z0, np.float64) * np.exp(-np.asarray(rates, np.float64))
+  assert max_err(z1, exact) < 1e-4
+
+
+def test_jit_flax_closure_and_path():
+  model = nn.Dense(3)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+
+  def velocity(params, z, t):
+    inp = jnp.concatenate([z, jnp.broadcast_to(t, (z.shape[0], 1))], axis=1)
+    return jnp.tanh(model.apply(params, inp))
+
+  @functools.partial(jax.jit, static_argnames=("method", "num_steps"))
+  def sample(params, z0, method, num_steps):
+    return sampling.solve(functools.partial(velocity, params), z0, method=method,
+                          num_steps=num_steps)
+
+  z_heun, info = sample(params, Z0, "heun", 25)
+  assert int(info["nfe"]) == 50
+  z_ref, _ = sampling.solve(functools.partial(velocity, params), Z0, method="heun")
+  np.testing.assert_allclose(z_heun, z_ref, rtol=1e-5, atol=1e-6)
+  z_dp, info = sample(params, Z0, "dopri5", 25)
+  assert bool(info["reached_t1"])
+  np.testing.assert_allclose(z_dp, z_heun, atol=1e-3)
+
+  z1, info = jax.jit(lambda z: sampling.integrate(
+      functools.partial(velocity, params), z, "rk4", 10, return_path=True))(Z0)
+  assert info["path"].shape == (11, 4, 3) and info["times"].shape == (11,)
+  np.testing.assert_allclose(info["path"][0], Z0)
+  np.testing.assert_allclose(info["path"][-1], z1)
+  np.testing.assert_allclose(info["times"][0], 1e-4, rtol=1e-6)
+  np.testing.assert_allclose(info["times"][-1], 1.0 - 1e-4, rtol=1e-6)
+  assert np.all(np.diff(np.asarray(info["times"])) > 0)
+
+
+def test_unknown_method_raises():
+  with pytest.raises(ValueError, match="euler.*heun.*rk4.*dopri5"):
+    sampling.solve(linear_velocity, Z0, method="bogus")
+  with pytest.raises(ValueError):
+    sampling.integrate(linear_velocity, Z0, method="dopri5")
