@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "numpy>=1.26",
     "scikit-learn>=1.5",
+    "scipy>=1.11",  # exact minibatch OT (linear_sum_assignment)
     "matplotlib>=3.8",
     "pillow>=10",
     "tqdm>=4.66",

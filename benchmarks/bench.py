@@ -1,6 +1,6 @@
 """Micro-benchmarks of gpe_jax's hot paths, comparable key for key with the PyTorch peer.
 
-    python benchmarks/bench.py [gme] [enc] [dec] [--variants] [--iters N]
+    python benchmarks/bench.py [gme] [enc] [dec] [prior] [--variants] [--iters N]
 
 Prints ONE JSON line: the environment (jax version, backend, device kind and count, CPU count)
 and the median wall-clock seconds of each measured operation:
@@ -15,9 +15,14 @@ and the median wall-clock seconds of each measured operation:
   enc_step_strided_b100_s         (--variants) the encoder step with a paper-style encoder of
                                   stride-2 5x5 convolutions, defined here;
   dec_step_convtranspose_b100_s   (--variants) the decoder step with a paper-style decoder of
-                                  stride-2 4x4 ConvTranspose layers, defined here.
+                                  stride-2 4x4 ConvTranspose layers, defined here;
+  prior_step_b100_s               one jitted step of the flow-matching prior stage
+                                  (``prior.make_train_step``, EMA on), MLP 3x512, latent 30;
+  sample_heun25_b500_s            500 latents through that prior with 25 Heun steps (50 NFE);
+  frechet_F2048_s                 the jitted float32 ``frechet_distance`` at 2048-D (two eighs);
+  frechet_np64_F2048_s            the float64 NumPy path at 2048-D.
 
-With no positional argument all of gme, enc and dec run. Compilation is excluded (warm-up
+With no positional argument all of gme, enc, dec and prior run. Compilation is excluded (warm-up
 calls), every timed call ends with ``jax.block_until_ready`` on its outputs, and training
 states are donated to the step as in ``train_loop.run``. Medians are over 10 calls (gme and
 the --variants steps, one of which takes seconds on CPU) or 20 (the codebase's steps);
@@ -45,7 +50,7 @@ from gpe_jax import costs, models, train_loop  # noqa: E402
 
 GME_SIZES = ((100, 1024, 30), (1000, 1024, 30), (2000, 3072, 100))
 BLOCKWISE_SIZES = GME_SIZES[1:]
-BENCHMARKS = ("gme", "enc", "dec")
+BENCHMARKS = ("gme", "enc", "dec", "prior")
 BATCH = 100
 IMAGE_SHAPE = (32, 32, 1)   # MNIST padded to 32x32, NHWC
 LATENT_DIM = 30
@@ -230,6 +235,39 @@ def bench_dec(iters: int, variants: bool, variant_iters: int) -> dict:
   return out
 
 
+def bench_prior(iters: int) -> dict:
+  """The prior stage's train step, sampling through it, and the Frechet distance."""
+  import numpy as np
+  from gpe_jax import sampling
+  from gpe_jax.evals import frechet
+  from gpe_jax.stages import prior
+  cfg = ml_collections.ConfigDict(dict(
+      net="mlp", hidden=(512, 512, 512), width=512, depth=4, time_embed_dim=64, lr=1e-3,
+      b1=0.5, b2=0.999, grad_clip=1.0, warmup_steps=0, lr_schedule="constant", num_steps=1))
+  model = models.build_velocity(cfg)
+  tx = train_loop.make_optimizer(cfg)
+  k0, k1 = jax.random.split(jax.random.key(3))
+  batch = {"z0": jax.random.normal(k0, (BATCH, LATENT_DIM)),
+           "z1": jax.random.normal(k1, (BATCH, LATENT_DIM))}
+  init_fn = prior.make_init_fn(model, tx, LATENT_DIM, ema=True)
+  out = {"prior_step_b100_s": time_train_step(prior.make_train_step(model, tx, 0.999), init_fn,
+                                              batch, iters)}
+  params = jax.jit(init_fn)(jax.random.key(0)).params
+  sampler = sampling.make_latent_sampler(model, method="heun", num_steps=25)
+  z0 = jax.random.normal(k0, (500, LATENT_DIM))
+  out["sample_heun25_b500_s"] = median_seconds(lambda: sampler(params, z0), max(3, iters // 4))
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(4096, 2048)).astype(np.float32)
+  b = (a[:, ::-1] * 1.1 + 0.1).copy()
+  (m1, c1), (m2, c2) = frechet.gaussian_stats_np(a), frechet.gaussian_stats_np(b)
+  args32 = [jnp.asarray(v, jnp.float32) for v in (m1, c1, m2, c2)]
+  fd = jax.jit(frechet.frechet_distance)
+  out["frechet_F2048_s"] = median_seconds(lambda: fd(*args32), 3, warmup=1)
+  out["frechet_np64_F2048_s"] = median_seconds(
+      lambda: frechet.frechet_distance_np(m1, c1, m2, c2), 3, warmup=1)
+  return out
+
+
 def environment() -> dict:
   devices = jax.devices()
   return {"jax": jax.__version__, "backend": jax.default_backend(),
@@ -239,8 +277,8 @@ def environment() -> dict:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec}",
-                      help="benchmarks to run (default: all three)")
+  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec,prior}",
+                      help="benchmarks to run (default: all)")
   parser.add_argument("--variants", action="store_true",
                       help="also time the paper-style strided / ConvTranspose layers")
   parser.add_argument("--iters", type=int, default=None,
@@ -258,6 +296,8 @@ def main(argv=None) -> None:
     out.update(bench_enc(args.iters or 20, args.variants, args.iters or 10))
   if "dec" in which:
     out.update(bench_dec(args.iters or 20, args.variants, args.iters or 10))
+  if "prior" in which:
+    out.update(bench_prior(args.iters or 20))
   print(json.dumps(out))
 
 

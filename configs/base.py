@@ -1,11 +1,13 @@
 """Base config: every section and field, with defaults. Dataset configs override what differs.
 
-Sections: data, model, encoder, decoder (one per stage: num_steps, lr, betas, ...), eval.
-Stage sections share one shape, made by ``stage_config``.
+Sections: data, model, encoder, decoder, prior (training stages: num_steps, lr, betas, ...,
+made by ``stage_config``), sample, evaluate (generation and its measurement), eval (the
+held-out evaluations run during and after training).
 """
 import ml_collections
 
 from gpe_jax.data import default_data_config
+from gpe_jax.evals.classifier import classifier_config
 
 
 def stage_config(num_steps=1000, lr=1e-4, target_loss=0.0, **overrides):
@@ -31,7 +33,7 @@ def stage_config(num_steps=1000, lr=1e-4, target_loss=0.0, **overrides):
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.stages = ("encoder", "decoder")
+  config.stages = ("encoder", "decoder", "prior", "sample", "evaluate")
   config.num_devices = 0   # 0 = all visible devices; the batch is sharded over them
 
   config.data = default_data_config()
@@ -52,6 +54,49 @@ def get_config():
   config.decoder.encoder_checkpoint = ""  # '' = workdir/encoder/checkpoints
   config.decoder.l1_weight = 0.0          # optional extra L1 term (off: PAPERS §1.3)
 
+  # Stage 3: flow-matching prior in the normalised latent space (PAPERS §1.5). The paper used
+  # lr 2e-5 with grad clip 1.0 on GPUs; the CPU configs train shorter with a larger lr.
+  config.prior = p = stage_config(num_steps=5000, lr=1e-3, grad_clip=1.0,
+                                  lr_schedule="cosine")
+  p.net = "mlp"              # 'mlp' (small latents) or 'resmlp' (residual, larger latents)
+  p.hidden = (256, 256, 256)  # mlp widths
+  p.width = 512              # resmlp width
+  p.depth = 4                # resmlp blocks
+  p.time_embed_dim = 64      # sinusoidal time embedding size
+  p.ema_decay = 0.999        # EMA of the weights, used for sampling (0 = off)
+  p.ot_coupling = False      # minibatch optimal-transport pairing of noise and data (OT-CFM)
+  p.evals = ("fm_loss",)     # scheduled evaluators: fm_loss, fd_pixels, fd_classifier,
+  #                            fd_inception (each every eval_every steps and at the end)
+  p.eval_samples = 1000      # samples per scheduled Frechet evaluation
+  p.eval_method = "heun"     # integrator of the scheduled evaluations
+  p.eval_ode_steps = 25
+
+  # Sampling: integrate dz/dt = v(z, t) from N(0, I) at t0 to t1, then decode.
+  config.sample = s = ml_collections.ConfigDict()
+  s.num_samples = 10000      # saved to sample/samples.npz (latents and decoded images)
+  s.method = "heun"          # euler | heun | rk4 (fixed steps) | dopri5 (adaptive)
+  s.num_steps = 25           # fixed-step integrators (the paper: 25-step Heun)
+  s.t0 = 1e-4
+  s.t1 = 1.0 - 1e-4
+  s.rtol = 1e-5              # dopri5
+  s.atol = 1e-5
+  s.batch_size = 500         # samples integrated and decoded at once
+  s.grid_size = 64           # images in sample/samples.png
+  s.interp_pairs = 8         # rows of the interpolation grids
+  s.interp_steps = 10        # columns
+  s.compare_solvers = True   # NFE and error of each integrator vs a tight dopri5 solution
+
+  # Evaluation: generated vs held-out data in several feature spaces (PAPERS §3).
+  config.evaluate = v = ml_collections.ConfigDict()
+  v.extractors = ("classifier", "pixels")   # + 'inception' with inception_weights set
+  v.num_samples = 10000      # generated / reconstructed / floor samples per comparison
+  v.num_reference = 10000    # held-out reference examples (at most the held-out split)
+  v.pr_k = 3                 # k of the k-NN manifolds of precision/recall
+  v.pr_samples = 5000        # points per set for precision/recall (pairwise cost)
+  v.cache_dir = ""           # classifier cache ('' = $GPE_JAX_CACHE or ~/.cache/gpe_jax)
+  v.inception_weights = ""   # local .npz of the FID Inception-v3 (docs/inception.md)
+  v.classifier = classifier_config()
+
   config.eval = e = ml_collections.ConfigDict()
   e.num_examples = 1000          # held-out examples per periodic evaluation (0 = all)
   e.geometry_points = 1000       # held-out points for the geometry metrics (all pairs)
@@ -63,13 +108,26 @@ def get_config():
 
 def smoke(config, steps=4):
   """Shrink a config to a seconds-long CPU run (every stage still runs end to end)."""
-  for name in ("encoder", "decoder"):
+  for name in ("encoder", "decoder", "prior"):
     s = config[name]
     s.num_steps = steps
     s.log_every = 2
     s.eval_every = steps
     s.checkpoint_every = 2
     s.progress_bar = False
+  config.prior.eval_samples = 64
+  config.prior.eval_ode_steps = 4
+  config.sample.num_samples = 64
+  config.sample.num_steps = 4
+  config.sample.batch_size = 32
+  config.sample.grid_size = 16
+  config.sample.interp_pairs = 2
+  config.sample.interp_steps = 5
+  config.sample.rtol = config.sample.atol = 1e-3
+  config.evaluate.num_samples = 64
+  config.evaluate.num_reference = 64
+  config.evaluate.pr_samples = 64
+  config.evaluate.classifier.num_steps = 20
   config.eval.num_examples = 64
   config.eval.geometry_points = 64
   config.eval.latent_stats_samples = 256

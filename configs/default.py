@@ -27,5 +27,10 @@ def get_config(arg=None):
   config.decoder.update(
       lr_schedule="cosine", num_steps=3000, lr=1e-3, log_every=100, eval_every=500,
       checkpoint_every=1000)
+  config.prior.update(
+      num_steps=10000, lr=1e-3, log_every=200, eval_every=2500, checkpoint_every=2500,
+      evals=("fm_loss", "fd_classifier"), eval_samples=1500)
+  config.sample.num_samples = 5000
+  config.evaluate.num_samples = 1500   # = all 1,500 training images (floor, recon)
   config.eval.num_examples = 0
   return base.apply_arg(config, arg, {"data.batch_size": 32})

@@ -29,5 +29,13 @@ def get_config(arg=None):
   config.decoder.update(
       lr_schedule="cosine", num_steps=3000, lr=1e-3, log_every=50, eval_every=500,
       checkpoint_every=500)
+  # Prior: a 3-layer MLP velocity net on the 30-D normalised latents; pixel-space FD of 2,000
+  # samples every 5,000 steps (the evaluate stage then measures in every feature space).
+  config.prior.update(
+      hidden=(512, 512, 512), num_steps=20000, lr=1e-3, log_every=200, eval_every=5000,
+      checkpoint_every=5000, evals=("fm_loss", "fd_pixels"), eval_samples=2000)
+  config.sample.num_samples = 10000
+  config.evaluate.num_samples = 10000
+  config.evaluate.num_reference = 10000
   return base.apply_arg(config, arg, {"data.batch_size": 32, "data.max_train": 512,
                                       "data.max_test": 128})

@@ -185,3 +185,30 @@ def gaussian_kl_per_example(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mean, diag(exp(logvar))) || N(0, I)) per example, summed over latent dims, [n]."""
   return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
 
+
+
+def cfm_interpolant(z0: jax.Array, z1: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The conditional flow-matching path (PAPERS §1.5): straight lines from noise to data.
+
+  Args:
+    z0: [B, d] noise samples (N(0, I)).
+    z1: [B, d] normalised data latents.
+    t: [B] times in [0, 1].
+
+  Returns:
+    (z_t [B, d] = (1 - t) z0 + t z1, target velocity u [B, d] = z1 - z0).
+  """
+  tb = t.reshape((-1,) + (1,) * (z0.ndim - 1)).astype(z0.dtype)
+  return (1.0 - tb) * z0 + tb * z1, z1 - z0
+
+
+def flow_matching_per_example(v: jax.Array, u: jax.Array) -> jax.Array:
+  """Per-example squared velocity error |v - u|^2 / d (mean over latent dims), [B]."""
+  return jnp.mean(jnp.square(_flat(v).astype(jnp.float32) - _flat(u).astype(jnp.float32)),
+                  axis=1)
+
+
+def flow_matching_loss(v: jax.Array, u: jax.Array) -> jax.Array:
+  """CFM loss E |v_theta(z_t, t) - (z1 - z0)|^2, per latent dimension (so values are
+  comparable across latent sizes; the gradient direction is the paper's), scalar."""
+  return jnp.mean(flow_matching_per_example(v, u))

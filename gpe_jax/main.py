@@ -54,7 +54,10 @@ def main(argv):
     sys.exit(2)
   for stage, vals in summary.items():
     keys = [k for k in ("steps", "seconds", "val_gme", "weak_bilip_frac_a1.5",
-                        "val_recon_mse", "val_mean_image_mse") if k in vals]
+                        "val_recon_mse", "val_mean_image_mse", "val_fm_loss",
+                        "nfe_per_sample", "fd_classifier_prior", "fd_classifier_noprior",
+                        "fd_classifier_recon", "fd_classifier_floor", "fd_pixels_prior",
+                        "fd_pixels_noprior") if k in vals]
     print(f"{stage}: " + ", ".join(f"{k}={vals[k]:.4g}" if isinstance(vals[k], float)
                                    else f"{k}={vals[k]}" for k in keys))
   print(f"outputs in {workdir}")

@@ -1,6 +1,8 @@
 """Runs the configured stages in order; stages hand off through files in the workdir.
 
-    data -> encoder (GME) -> encoder/latent_stats.npz -> decoder (reconstruction) -> ...
+    data -> encoder (GME) -> encoder/latent_stats.npz -> decoder (reconstruction)
+         -> prior (flow matching on normalised latents) -> sample (ODE + decoder, samples.npz)
+         -> evaluate (Frechet distances, precision/recall vs held-out data)
 
 Rerunning with the same workdir resumes: finished stages are skipped (their ``done.json``),
 an interrupted stage continues from its last checkpoint.
@@ -16,12 +18,16 @@ import jax
 from gpe_jax import logs, parallel, plots
 from gpe_jax.data import load_dataset
 from gpe_jax.parallel import ConfigError
-from gpe_jax.stages import common, decoder, encoder
+from gpe_jax.stages import common, decoder, encoder, evaluate, prior, sample
 
 STAGES = {
     encoder.NAME: encoder.run,
     decoder.NAME: decoder.run,
+    prior.NAME: prior.run,
+    sample.NAME: sample.run,
+    evaluate.NAME: evaluate.run,
 }
+TRAINING_STAGES = (encoder.NAME, decoder.NAME, prior.NAME)
 
 
 def validate(config) -> None:
@@ -32,7 +38,11 @@ def validate(config) -> None:
     raise ConfigError(f"config.stages={stages!r}: unknown stage(s) {unknown}. Known stages, in "
                       f"pipeline order: {tuple(STAGES)}; e.g. "
                       "--config.stages=\"('encoder','decoder')\".")
-  for name in stages:
+  order = [tuple(STAGES).index(s) for s in stages]
+  if order != sorted(order):
+    raise ConfigError(f"config.stages={stages!r} is out of order; stages hand over through "
+                      f"the workdir in the order {tuple(STAGES)}.")
+  for name in (s for s in stages if s in TRAINING_STAGES):
     section = config[name]
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
       if int(section[key]) < (0 if key == "num_steps" else 1):

@@ -7,7 +7,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# One classifier cache for the whole test session (never the user's ~/.cache).
+os.environ.setdefault("GPE_JAX_CACHE", tempfile.mkdtemp(prefix="gpe_jax_test_cache_"))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

@@ -45,15 +45,19 @@ def test_smoke_end_to_end_writes_every_output(smoke_run):
   wd, res = smoke_run
   for f in ["config.json", "metrics.jsonl", "summary.json", "loss_curves.png",
             "encoder/latent_stats.npz", "encoder/latent_scatter.png", "encoder/distortion.png",
-            "decoder/reconstructions.png", "encoder/done.json", "decoder/done.json"]:
+            "decoder/reconstructions.png", "encoder/done.json", "decoder/done.json",
+            "prior/done.json", "sample/samples.npz", "sample/samples.png",
+            "sample/interpolation_latent.png", "sample/interpolation_prior.png",
+            "evaluate/metrics.json", "evaluate/prior_vs_noprior.png"]:
     assert os.path.getsize(os.path.join(wd, f)) > 0, f
-  for stage in ("encoder", "decoder"):
+  for stage in ("encoder", "decoder", "prior"):
     assert os.listdir(os.path.join(wd, stage, "checkpoints"))
   assert any(f.startswith("events") for f in os.listdir(os.path.join(wd, "tensorboard")))
   cfg = json.load(open(os.path.join(wd, "config.json")))
-  assert cfg["data"]["name"] == "digits" and cfg["stages"] == ["encoder", "decoder"]
+  assert cfg["data"]["name"] == "digits"
+  assert cfg["stages"] == ["encoder", "decoder", "prior", "sample", "evaluate"]
   rows = read_jsonl(os.path.join(wd, "metrics.jsonl"))
-  assert {r["stage"] for r in rows} == {"encoder", "decoder"}
+  assert {r["stage"] for r in rows} == {"encoder", "decoder", "prior"}
   assert all("step" in r for r in rows)
   assert any("loss" in r for r in rows if r["stage"] == "encoder")
   assert any("val_gme" in r for r in rows)
@@ -68,6 +72,32 @@ def test_smoke_end_to_end_writes_every_output(smoke_run):
   assert np.isfinite(dec["val_recon_mse"]) and np.isfinite(dec["val_mean_image_mse"])
   stats = np.load(os.path.join(wd, "encoder/latent_stats.npz"))
   assert stats["mean"].shape == (10,) and float(stats["scale"]) > 0
+  assert np.isfinite(summary["prior"]["val_fm_loss"]) and summary["prior"]["ema"]
+  samples = np.load(os.path.join(wd, "sample/samples.npz"))
+  assert samples["x"].shape == (64, 8, 8, 1) and samples["z"].shape == (64, 10)
+  assert float(samples["nfe"]) == 8  # smoke: 4 Heun steps
+  assert np.all(np.isfinite(samples["x"]))
+  solvers = summary["sample"]["solvers"]
+  assert solvers["rk4"]["nfe"] == 16 and solvers["dopri5"]["nfe"] > 0
+  ev = summary["evaluate"]
+  for ext in ("classifier", "pixels"):
+    for s in ("prior", "noprior", "recon", "floor"):
+      assert np.isfinite(ev[f"fd_{ext}_{s}"]) and ev[f"fd_{ext}_{s}"] >= 0
+      assert 0 <= ev[f"precision_{ext}_{s}"] <= 1 and 0 <= ev[f"recall_{ext}_{s}"] <= 1
+  proto = ev["protocol"]
+  assert proto["n_samples"] == 64 and proto["n_reference"] == 64
+  assert "held-out" in proto["reference"]
+  assert 0 <= proto["extractors"]["classifier"]["test_accuracy"] <= 1
+  # the notebook entry point reproduces the stage's samples from the workdir
+  from gpe_jax.stages import sample
+  ctx = sample.open_workdir(wd, num_devices=1)
+  generate = sample.load_generator(ctx)[0]
+  z0, z, x, nfe = generate(8, 0)
+  assert nfe == 8 and x.shape == (8, 8, 8, 1)
+  np.testing.assert_allclose(z, samples["z"][:8], rtol=1e-5, atol=1e-5)
+  records = json.load(open(os.path.join(wd, "evaluate/metrics.json")))["records"]
+  assert records["fd_classifier_prior"]["n"] == 64
+  assert records["fd_classifier_prior"]["extractor"] == "classifier"
 
 
 def test_rerun_skips_finished_stages_and_extends_num_steps(smoke_run, tmp_path):
@@ -93,7 +123,8 @@ def test_rerun_skips_finished_stages_and_extends_num_steps(smoke_run, tmp_path):
 
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
-  args = [SMOKE, "--config.encoder.num_steps=8", "--config.decoder.num_steps=8"]
+  args = [SMOKE, "--config.encoder.num_steps=8", "--config.decoder.num_steps=8",
+          "--config.prior.num_steps=8"]
   ref = str(tmp_path / "uninterrupted")
   res = run_cli(*args, f"--workdir={ref}")
   assert res.returncode == 0, res.stderr[-3000:]
@@ -112,12 +143,26 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
   res = run_cli(*args, f"--workdir={wd}")
   assert res.returncode == 0, res.stderr[-3000:]
   assert "resumed from step 6" in res.stderr
-  for stage in ("encoder", "decoder"):
+  # now kill the prior stage alone (encoder and decoder are done) and resume it
+  import shutil
+  shutil.rmtree(os.path.join(wd, "prior"))
+  env["GPE_JAX_KILL_AT_STEP"] = "4"
+  res = run_cli(*args, f"--workdir={wd}", env=env)
+  assert res.returncode == -signal.SIGKILL, (res.returncode, res.stderr[-2000:])
+  assert final_params(wd, "prior")[0] == 4
+  res = run_cli(*args, f"--workdir={wd}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "prior: resumed from step 4" in res.stderr
+  for stage in ("encoder", "decoder", "prior"):
     step_ref, state_ref = final_params(ref, stage)
     step_got, state_got = final_params(wd, stage)
     assert step_ref == step_got == 8
     assert_trees_equal(state_ref, state_got)
-  # metrics.jsonl holds each logged step once, even though steps 3..6 ran twice
+  assert final_params(ref, "prior")[1]["ema_params"]  # the EMA is part of the checkpoint
+  # the resumed prior samples exactly what the uninterrupted one does
+  np.testing.assert_array_equal(np.load(os.path.join(ref, "sample/samples.npz"))["x"],
+                                np.load(os.path.join(wd, "sample/samples.npz"))["x"])
+  # metrics.jsonl holds each logged step once, even though steps ran twice
   rows = [(r["stage"], r["step"]) for r in read_jsonl(os.path.join(wd, "metrics.jsonl"))
           if "loss" in r]
   assert len(rows) == len(set(rows))

@@ -25,7 +25,7 @@ def load(name, arg=None):
 def test_config_and_smoke(name):
   full, smoke = load(name), load(name, "smoke")
   for c in (full, smoke):
-    assert tuple(c.stages) == ("encoder", "decoder")
+    assert tuple(c.stages) == ("encoder", "decoder", "prior", "sample", "evaluate")
     for key in ("seed", "data.name", "data.path", "data.batch_size", "model.latent_dim",
                 "encoder.num_steps", "encoder.lr", "decoder.num_steps", "decoder.lr"):
       node = c

@@ -9,9 +9,11 @@ from typing import Sequence
 
 from gpe_jax.models.nets import (ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder,
                                  depth_to_space, space_to_depth)
+from gpe_jax.models.velocity import VelocityMLP, VelocityResMLP, timestep_embedding
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "build_decoder",
-           "build_encoder", "depth_to_space", "space_to_depth"]
+__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "VelocityMLP",
+           "VelocityResMLP", "build_decoder", "build_encoder", "build_velocity",
+           "depth_to_space", "space_to_depth", "timestep_embedding"]
 
 KINDS = ("mlp", "conv")
 
@@ -51,6 +53,26 @@ def build_decoder(model_cfg, example_shape: Sequence[int]):
                      "--config.data.image_size (with center_crop) to make it square.")
   return ConvDecoder(features=tuple(model_cfg.dec_features), image_size=h, channels=c,
                      batch_norm=model_cfg.batch_norm)
+
+
+VELOCITY_NETS = ("mlp", "resmlp")
+
+
+def build_velocity(prior_cfg):
+  """Velocity network v(z, t) of the flow-matching prior, from ``config.prior``.
+
+  ``prior_cfg.net``: 'mlp' (``hidden`` widths; small latents) or 'resmlp' (``width`` x
+  ``depth`` time-modulated residual blocks; larger latents); ``time_embed_dim`` sizes the
+  sinusoidal time embedding.
+  """
+  if prior_cfg.net == "mlp":
+    return VelocityMLP(hidden=tuple(prior_cfg.hidden), embed_dim=prior_cfg.time_embed_dim)
+  if prior_cfg.net == "resmlp":
+    return VelocityResMLP(width=prior_cfg.width, depth=prior_cfg.depth,
+                          embed_dim=prior_cfg.time_embed_dim)
+  from gpe_jax.parallel import ConfigError
+  raise ConfigError(f"config.prior.net={prior_cfg.net!r} is not a velocity network; use one "
+                   f"of {VELOCITY_NETS}.")
 
 
 def apply_model(model, params, batch_stats, x, train: bool, **kwargs):

@@ -54,26 +54,47 @@ def make_train_step(model, tx, l1_weight: float = 0.0):
   return step
 
 
+def load_trained(ctx: common.Context):
+  """(model, params, batch_stats) of the trained decoder in ``workdir/decoder``."""
+  cfg = ctx.config
+  model = models.build_decoder(cfg.model, ctx.data.example_shape)
+  tx = train_loop.make_optimizer(cfg.decoder)
+  abstract = jax.eval_shape(make_init_fn(model, tx, cfg.model.latent_dim), jax.random.key(0))
+  state = train_loop.restore_checkpoint(
+      train_loop.checkpoint_dir(ctx.workdir, NAME), abstract, ctx.mesh,
+      what=" (the trained decoder; list 'decoder' in config.stages first)")
+  return model, state.params, state.batch_stats
+
+
 def encoder_checkpoint_dir(ctx: common.Context) -> str:
   path = ctx.config.decoder.encoder_checkpoint
   return os.path.abspath(path) if path else train_loop.checkpoint_dir(ctx.workdir, encoder.NAME)
 
 
-def embed_dataset(ctx: common.Context):
-  """Normalised embeddings (z_train, z_test) of the frozen encoder, and its latent stats."""
+def frozen_embedder(ctx: common.Context):
+  """(embed, stats): ``embed(x [N, ...]) -> [N, d]`` normalised latents C (T(x) - m) of the
+  frozen encoder (batched, jitted), and the latent statistics (m, C) it uses."""
   cfg, data = ctx.config, ctx.data
   enc_model, params, stats_bn = encoder.load_frozen(cfg, data.example_shape,
                                                     encoder_checkpoint_dir(ctx), ctx.mesh)
-  embed = functools.partial(common.inference_fn(enc_model), params, stats_bn)
+  raw = functools.partial(common.inference_fn(enc_model), params, stats_bn)
   bsz = cfg.data.batch_size
-  z_train = common.batched_apply(embed, data.x_train, bsz)
-  z_test = common.batched_apply(embed, data.x_test, bsz)
   stats_path = os.path.join(ctx.workdir, encoder.NAME, "latent_stats.npz")
   if not cfg.decoder.encoder_checkpoint and os.path.exists(stats_path):
     stats = common.load_latent_stats(stats_path)
   else:  # an encoder from elsewhere: compute its statistics the same way the stage does
-    stats = common.latent_stats(z_train[:cfg.eval.latent_stats_samples])
-  return common.normalize_latents(z_train, stats), common.normalize_latents(z_test, stats), stats
+    n = min(cfg.eval.latent_stats_samples, data.x_train.shape[0])
+    stats = common.latent_stats(common.batched_apply(raw, data.x_train[:n], bsz))
+
+  def embed(x: np.ndarray) -> np.ndarray:
+    return common.normalize_latents(common.batched_apply(raw, x, bsz), stats)
+  return embed, stats
+
+
+def embed_dataset(ctx: common.Context):
+  """Normalised embeddings (z_train, z_test) of the frozen encoder, and its latent stats."""
+  embed, stats = frozen_embedder(ctx)
+  return embed(ctx.data.x_train), embed(ctx.data.x_test), stats
 
 
 def run(ctx: common.Context) -> dict:

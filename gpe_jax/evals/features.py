@@ -1,0 +1,74 @@
+"""Feature spaces for generation-quality measurements, by name (PAPERS §3).
+
+  * ``classifier``: the penultimate layer of a small classifier trained by the project on the
+    dataset's labels (``gpe_jax.evals.classifier``; trained once per dataset, cached on disk);
+  * ``pixels``: the raw pixels (or vector entries) in [-1, 1];
+  * ``inception``: pool3 of the standard FID Inception-v3, from a local weights file
+    (``config.evaluate.inception_weights``; ``docs/inception.md``) — the only one whose
+    Fréchet distance is "FID" proper.
+
+Extractors are built once per process and dataset and shared by the prior stage's scheduled
+evaluators and the evaluate stage.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpe_jax.data import Dataset
+from gpe_jax.evals.classifier import FeatureExtractor, default_cache_dir, get_classifier
+from gpe_jax.parallel import ConfigError
+
+EXTRACTORS = ("classifier", "pixels", "inception")
+
+_CACHE: dict = {}
+
+
+def pixels_extractor(data: Dataset) -> FeatureExtractor:
+  dim = int(np.prod(data.example_shape))
+
+  def fn(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32).reshape(x.shape[0], -1)
+  return FeatureExtractor(name="pixels", dim=dim, fn=fn,
+                          info={"space": f"raw values in [-1, 1], {dim}-D"})
+
+
+def inception_extractor(data: Dataset, eval_cfg) -> FeatureExtractor:
+  from gpe_jax.evals import inception
+  if not data.is_image:
+    raise ConfigError(f"The 'inception' extractor needs images, but {data.name!r} holds "
+                      f"vectors of shape {data.example_shape}; use "
+                      "--config.evaluate.extractors=\"('pixels',)\" (or 'classifier').")
+  variables = inception.load_variables(eval_cfg.inception_weights)
+  fn = inception.make_feature_fn(variables)
+  return FeatureExtractor(name="inception", dim=2048, fn=fn,
+                          info={"space": "FID Inception-v3 pool3, 2048-D",
+                                "weights": str(eval_cfg.inception_weights)})
+
+
+def get_extractor(name: str, data: Dataset, eval_cfg) -> FeatureExtractor:
+  """The named feature extractor for ``data`` (built once per process and dataset).
+
+  Raises:
+    ConfigError: an unknown name, a classifier on unlabelled data, or missing Inception
+      weights, each with the fix.
+  """
+  if name not in EXTRACTORS:
+    raise ConfigError(f"config.evaluate.extractors names {name!r}, which is not a feature "
+                      f"extractor; choose from {EXTRACTORS}.")
+  key = (name, id(data), repr(sorted(eval_cfg.to_dict().items())) if name != "pixels" else "")
+  if key not in _CACHE:
+    if name == "pixels":
+      _CACHE[key] = pixels_extractor(data)
+    elif name == "classifier":
+      _CACHE[key] = get_classifier(data, eval_cfg.classifier,
+                                   eval_cfg.cache_dir or default_cache_dir())
+    else:
+      _CACHE[key] = inception_extractor(data, eval_cfg)
+  return _CACHE[key]
+
+
+def validate_names(names, where: str) -> None:
+  bad = [n for n in names if n not in EXTRACTORS]
+  if bad:
+    raise ConfigError(f"{where} names unknown feature extractor(s) {bad}; choose from "
+                      f"{EXTRACTORS}.")
