@@ -242,7 +242,8 @@ def bench_prior(iters: int) -> dict:
   from gpe_jax.evals import frechet
   from gpe_jax.stages import prior
   cfg = ml_collections.ConfigDict(dict(
-      net="mlp", hidden=(512, 512, 512), width=512, depth=4, time_embed_dim=64, lr=1e-3,
+      net="mlp", hidden=(512, 512, 512), width=512, depth=4, time_embed_dim=64,
+      time_scale=30.0, lr=1e-3,
       b1=0.5, b2=0.999, grad_clip=1.0, warmup_steps=0, lr_schedule="constant", num_steps=1))
   model = models.build_velocity(cfg)
   tx = train_loop.make_optimizer(cfg)

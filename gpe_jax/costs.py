@@ -25,6 +25,16 @@ def _at_least_f32(a: jax.Array) -> jax.Array:
   return a if jnp.finfo(a.dtype).bits >= 32 else a.astype(jnp.float32)
 
 
+def float_rows(a) -> jax.Array:
+  """[n, ...] (array-like) -> [n, D] JAX array of at least float32 (integers become float32;
+  distances between data points are never taken in bf16)."""
+  a = jnp.asarray(a)
+  a = a.reshape(a.shape[0], -1)
+  if not jnp.issubdtype(a.dtype, jnp.floating):
+    return a.astype(jnp.float32)
+  return _at_least_f32(a)
+
+
 def sq_norms(a: jax.Array) -> jax.Array:
   """Squared Euclidean norm of each row: [n, ...] -> [n]."""
   a = _flat(a)

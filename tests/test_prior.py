@@ -15,6 +15,7 @@ from test_models_and_sharding import _sharded_steps
 
 def prior_cfg(net="mlp"):
   return ConfigDict(dict(net=net, hidden=(32, 32), width=32, depth=2, time_embed_dim=16,
+                         time_scale=30.0,
                          lr=1e-3, b1=0.5, b2=0.999, grad_clip=1.0, warmup_steps=0,
                          lr_schedule="constant", num_steps=100))
 

@@ -30,15 +30,6 @@ import numpy as np
 from gpe_jax import costs
 
 
-def _flat_f32(a) -> jax.Array:
-  """[n, ...] -> [n, D], at least float32 (data distances are never taken in bf16)."""
-  a = jnp.asarray(a)
-  a = a.reshape(a.shape[0], -1)
-  if not jnp.issubdtype(a.dtype, jnp.floating) or jnp.finfo(a.dtype).bits < 32:
-    a = a.astype(jnp.float32)
-  return a
-
-
 @functools.lru_cache(maxsize=8)
 def _upper_pair_index(n: int) -> np.ndarray:
   """Flat indices i * n + j of the distinct pairs i < j of an [n, n] matrix, [n (n-1) / 2]."""
@@ -171,8 +162,8 @@ def geometry_metrics(
   Raises:
     ValueError: if x and z disagree on n, n < 2, or some alpha <= 1.
   """
-  x = _flat_f32(x)
-  z = _flat_f32(z)
+  x = costs.float_rows(x)
+  z = costs.float_rows(z)
   n = x.shape[0]
   if z.shape[0] != n:
     raise ValueError(f"x has {n} points but z has {z.shape[0]}.")

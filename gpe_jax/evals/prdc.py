@@ -21,16 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpe_jax import costs
+
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _as_features(a) -> jax.Array:
-  """[N, ...] -> [N, F] JAX array, at least float32."""
-  a = jnp.asarray(a)
-  a = a.reshape(a.shape[0], -1)
-  if not jnp.issubdtype(a.dtype, jnp.floating) or jnp.finfo(a.dtype).bits < 32:
-    a = a.astype(jnp.float32)
-  return a
 
 
 def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -104,7 +97,7 @@ def knn_radii(features, k: int = 3, block: int = 1024) -> np.ndarray:
   Returns:
     [N] NumPy array of k-NN radii (Euclidean, not squared).
   """
-  x = _as_features(features)
+  x = costs.float_rows(features)
   return np.sqrt(_knn_sq_radii(x, k, block))
 
 
@@ -132,7 +125,7 @@ def precision_recall(real, fake, k: int = 3, block: int = 1024) -> dict[str, flo
     points inside at least one real k-NN ball, r the fraction of real points inside at least
     one fake k-NN ball.
   """
-  x_real, x_fake = _as_features(real), _as_features(fake)
+  x_real, x_fake = costs.float_rows(real), costs.float_rows(fake)
   if x_real.shape[1] != x_fake.shape[1]:
     raise ValueError(f"feature dims differ: {x_real.shape[1]} vs {x_fake.shape[1]}")
   dtype = jnp.result_type(x_real.dtype, x_fake.dtype)

@@ -66,10 +66,11 @@ def build_velocity(prior_cfg):
   sinusoidal time embedding.
   """
   if prior_cfg.net == "mlp":
-    return VelocityMLP(hidden=tuple(prior_cfg.hidden), embed_dim=prior_cfg.time_embed_dim)
+    return VelocityMLP(hidden=tuple(prior_cfg.hidden), embed_dim=prior_cfg.time_embed_dim,
+                       time_scale=prior_cfg.time_scale)
   if prior_cfg.net == "resmlp":
     return VelocityResMLP(width=prior_cfg.width, depth=prior_cfg.depth,
-                          embed_dim=prior_cfg.time_embed_dim)
+                          embed_dim=prior_cfg.time_embed_dim, time_scale=prior_cfg.time_scale)
   from gpe_jax.parallel import ConfigError
   raise ConfigError(f"config.prior.net={prior_cfg.net!r} is not a velocity network; use one "
                    f"of {VELOCITY_NETS}.")

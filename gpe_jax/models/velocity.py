@@ -11,6 +11,12 @@ just the input. Two sizes of one family:
     scale and shift from emb(t)), for larger latents (CIFAR-10, CelebA).
 
 Default (LeCun) initialisation throughout, so even an untrained network depends on t.
+
+``time_scale`` (t is multiplied by it before the sinusoids) defaults to 30, not the 1000 of
+discrete-time diffusion code: with 1000 the fastest features oscillate with period 0.006 in t,
+the learned v(z, t) wiggles in t, and ODE solvers pay for it (measured on digits: RK4 no more
+accurate than Heun at 25 steps, dopri5 469 NFE; with 30: RMS error 1e-5 for RK4 against
+1.7e-3 for Heun, dopri5 79 NFE, same held-out loss and Fréchet distance; docs/results).
 """
 from __future__ import annotations
 
@@ -54,10 +60,11 @@ class TimeEmbed(nn.Module):
   """t [B] -> [B, features]: sinusoidal embedding, then a 2-layer MLP."""
   features: int
   embed_dim: int = 64
+  time_scale: float = 30.0
 
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
-    h = timestep_embedding(t, self.embed_dim)
+    h = timestep_embedding(t, self.embed_dim, scale=self.time_scale)
     h = nn.silu(nn.Dense(self.features)(h))
     return nn.Dense(self.features)(h)
 
@@ -66,11 +73,13 @@ class VelocityMLP(nn.Module):
   """v(z, t): z [B, d], t [B] or scalar -> [B, d]; time added to every hidden layer."""
   hidden: Sequence[int]
   embed_dim: int = 64
+  time_scale: float = 30.0
 
   @nn.compact
   def __call__(self, z: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
     del train
-    temb = TimeEmbed(max(self.hidden), self.embed_dim)(_broadcast_t(t, z.shape[0]))
+    temb = TimeEmbed(max(self.hidden), self.embed_dim, self.time_scale)(
+        _broadcast_t(t, z.shape[0]))
     h = z
     for width in self.hidden:
       h = nn.Dense(width)(h) + nn.Dense(width)(nn.silu(temb))
@@ -97,11 +106,12 @@ class VelocityResMLP(nn.Module):
   width: int
   depth: int
   embed_dim: int = 64
+  time_scale: float = 30.0
 
   @nn.compact
   def __call__(self, z: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
     del train
-    temb = TimeEmbed(self.width, self.embed_dim)(_broadcast_t(t, z.shape[0]))
+    temb = TimeEmbed(self.width, self.embed_dim, self.time_scale)(_broadcast_t(t, z.shape[0]))
     h = nn.Dense(self.width)(z)
     for _ in range(self.depth):
       h = ResBlock(self.width)(h, temb)
