@@ -42,11 +42,32 @@ def validate(config) -> None:
   if order != sorted(order):
     raise ConfigError(f"config.stages={stages!r} is out of order; stages hand over through "
                       f"the workdir in the order {tuple(STAGES)}.")
+  _validate_evaluations(config, stages)
   for name in (s for s in stages if s in TRAINING_STAGES):
     section = config[name]
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
       if int(section[key]) < (0 if key == "num_steps" else 1):
         raise ConfigError(f"config.{name}.{key}={section[key]} must be positive.")
+
+
+def _validate_evaluations(config, stages) -> None:
+  """Evaluator and extractor names, and the Inception weights file, checked before training."""
+  from gpe_jax.evals import features, plugins
+  wanted = []
+  if "prior" in stages:
+    unknown = [n for n in config.prior.evals if n not in plugins.PRIOR_EVALUATORS]
+    if unknown:
+      raise ConfigError(f"config.prior.evals names unknown evaluator(s) {unknown}; choose "
+                        f"from {plugins.PRIOR_EVALUATORS}.")
+    wanted += [n[len("fd_"):] for n in config.prior.evals if n.startswith("fd_")]
+  if "evaluate" in stages:
+    features.validate_names(tuple(config.evaluate.extractors), "config.evaluate.extractors")
+    wanted += list(config.evaluate.extractors)
+  if "inception" in wanted:
+    from gpe_jax.evals import inception
+    path = config.evaluate.inception_weights
+    if not path or not os.path.isfile(path) or str(path).endswith((".pth", ".pt")):
+      inception.load_variables(path)  # raises the ConfigError that explains what to do
 
 
 def run(config, workdir: str) -> dict:

@@ -174,6 +174,15 @@ def _error_run(tmp_path, *args):
   return res.stderr
 
 
+def test_missing_inception_weights_fail_before_training(tmp_path):
+  err = _error_run(tmp_path, SMOKE, "--config.evaluate.extractors=('pixels','inception')")
+  assert "inception_weights" in err and "convert_inception_weights" in err
+  assert "Traceback" not in err
+  assert not os.path.exists(tmp_path / "wd" / "encoder")  # nothing was trained
+  err = _error_run(tmp_path, SMOKE, "--config.prior.evals=('fm_loss','fd_bogus')")
+  assert "fd_bogus" in err and "fd_classifier" in err
+
+
 def test_unknown_dataset_is_a_clear_error(tmp_path):
   err = _error_run(tmp_path, SMOKE, "--config.data.name=imagenet7")
   assert "imagenet7" in err and "digits" in err and "fashion_mnist" in err

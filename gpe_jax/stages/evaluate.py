@@ -89,7 +89,8 @@ def run(ctx: common.Context) -> dict:
                  f[f"fd_{name}_floor"])
   protocol = {
       "reference": f"held-out split (x_test[:{n_ref}])", "n_reference": n_ref,
-      "n_samples": n, "pr_k": int(ecfg.pr_k), "pr_samples": int(ecfg.pr_samples),
+      "n_samples": n, "pr_k": int(ecfg.pr_k),
+      "pr_points_per_set": min(int(ecfg.pr_samples), n, n_ref),
       "sets": {"prior": f"GPE samples: N(0,I) -> flow prior -> decoder; {prior_source}",
                "noprior": "decoder applied to N(0, I) in the normalised latent space",
                "recon": f"decoder(encoder(x)) of {n} random training examples",
