@@ -34,6 +34,10 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.stages = ("encoder", "decoder", "prior", "sample", "evaluate")
+  # Whose latent space the prior/sample/evaluate stages use: 'gpe' (encoder + decoder stages)
+  # or a baseline trained by its own stage: 'vae', 'ae', 'vae_mds', 'ae_mds' (PAPERS §1.7), e.g.
+  # --config.method=vae --config.stages="('vae','prior','sample','evaluate')".
+  config.method = "gpe"
   config.num_devices = 0   # 0 = all visible devices; the batch is sharded over them
 
   config.data = default_data_config()
@@ -53,6 +57,15 @@ def get_config():
   config.decoder = stage_config(num_steps=2000, lr=1e-4)
   config.decoder.encoder_checkpoint = ""  # '' = workdir/encoder/checkpoints
   config.decoder.l1_weight = 0.0          # optional extra L1 term (off: PAPERS §1.3)
+
+  # Baselines (PAPERS §1.7): encoder and decoder trained jointly, same families as GPE.
+  # beta weighs the KL against the summed squared error; mds_weight the MDS stress.
+  config.vae = stage_config(num_steps=2000, lr=1e-4, beta=1.0)
+  config.ae = stage_config(num_steps=2000, lr=1e-4)
+  # The stress is in squared data units (pixel distances are O(10) for [-1, 1] images), hence
+  # a small default weight.
+  config.vae_mds = stage_config(num_steps=2000, lr=1e-4, beta=1.0, mds_weight=0.01)
+  config.ae_mds = stage_config(num_steps=2000, lr=1e-4, mds_weight=0.01)
 
   # Stage 3: flow-matching prior in the normalised latent space (PAPERS §1.5). The paper used
   # lr 2e-5 with grad clip 1.0 on GPUs; the CPU configs train shorter with a larger lr.
@@ -112,7 +125,7 @@ def get_config():
 
 def smoke(config, steps=4):
   """Shrink a config to a seconds-long CPU run (every stage still runs end to end)."""
-  for name in ("encoder", "decoder", "prior"):
+  for name in ("encoder", "decoder", "vae", "ae", "vae_mds", "ae_mds", "prior"):
     s = config[name]
     s.num_steps = steps
     s.log_every = 2

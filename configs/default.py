@@ -27,6 +27,9 @@ def get_config(arg=None):
   config.decoder.update(
       lr_schedule="cosine", num_steps=3000, lr=1e-3, log_every=100, eval_every=500,
       checkpoint_every=1000)
+  for name in ("vae", "ae", "vae_mds", "ae_mds"):  # baselines: the GPE stages' schedule
+    config[name].update(lr_schedule="cosine", num_steps=4000, lr=1e-3, log_every=100,
+                        eval_every=500, checkpoint_every=1000)
   config.prior.update(
       num_steps=10000, lr=1e-3, log_every=200, eval_every=2500, checkpoint_every=2500,
       evals=("fm_loss", "fd_classifier"), eval_samples=1500)

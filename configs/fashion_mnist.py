@@ -29,6 +29,9 @@ def get_config(arg=None):
   config.decoder.update(
       lr_schedule="cosine", num_steps=3000, lr=1e-3, log_every=50, eval_every=500,
       checkpoint_every=500)
+  for name in ("vae", "ae", "vae_mds", "ae_mds"):  # baselines: the GPE stages' schedule
+    config[name].update(lr_schedule="cosine", num_steps=3000, lr=1e-3, log_every=50,
+                        eval_every=500, checkpoint_every=500)
   # Prior: a 3-layer MLP velocity net on the 30-D normalised latents; pixel-space FD of 2,000
   # samples every 5,000 steps (the evaluate stage then measures in every feature space).
   config.prior.update(

@@ -18,19 +18,20 @@ import jax
 from gpe_jax import logs, parallel, plots
 from gpe_jax.data import load_dataset
 from gpe_jax.parallel import ConfigError
-from gpe_jax.stages import common, decoder, encoder, evaluate, prior, sample
+from gpe_jax.stages import baselines, common, decoder, encoder, evaluate, latent, prior, sample
 
 STAGES = {
     encoder.NAME: encoder.run,
     decoder.NAME: decoder.run,
+    **baselines.RUNNERS,
     prior.NAME: prior.run,
     sample.NAME: sample.run,
     evaluate.NAME: evaluate.run,
 }
-TRAINING_STAGES = (encoder.NAME, decoder.NAME, prior.NAME)
+TRAINING_STAGES = (encoder.NAME, decoder.NAME) + baselines.NAMES + (prior.NAME,)
 
 
-def validate(config) -> None:
+def validate(config, workdir: str = "") -> None:
   """Fail fast, with the fix in the message, on configs that cannot run."""
   stages = tuple(config.stages)
   unknown = [s for s in stages if s not in STAGES]
@@ -42,6 +43,14 @@ def validate(config) -> None:
   if order != sorted(order):
     raise ConfigError(f"config.stages={stages!r} is out of order; stages hand over through "
                       f"the workdir in the order {tuple(STAGES)}.")
+  method = latent.method_of(config)
+  uses_latents = [s for s in stages if s in (prior.NAME, sample.NAME, evaluate.NAME)]
+  if method != "gpe" and uses_latents and method not in stages and \
+      not os.path.isdir(os.path.join(workdir, method)):
+    raise ConfigError(f"config.method={method!r}: the stages {uses_latents} use the '{method}' "
+                      f"baseline's encoder and decoder, but '{method}' is not in config.stages "
+                      f"and {workdir} holds no trained one; add it, e.g. --config.stages="
+                      f"\"('{method}','prior','sample','evaluate')\".")
   _validate_evaluations(config, stages)
   for name in (s for s in stages if s in TRAINING_STAGES):
     section = config[name]
@@ -72,8 +81,8 @@ def _validate_evaluations(config, stages) -> None:
 
 def run(config, workdir: str) -> dict:
   """Run ``config.stages`` in ``workdir``; returns the summary (also in summary.json)."""
-  validate(config)
   workdir = os.path.abspath(workdir)
+  validate(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   logs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   mesh = parallel.make_mesh(config.num_devices)

@@ -14,7 +14,6 @@ decoder, the extractor and the reference features are built on first use.
 """
 from __future__ import annotations
 
-import functools
 
 from gpe_jax import sampling
 from gpe_jax.evals import features, frechet
@@ -38,7 +37,7 @@ def build_prior_evaluators(ctx, velocity_model, names) -> list:
 
 
 def _fd_evaluator(ctx, velocity_model, extractor_name: str):
-  from gpe_jax.stages import common, decoder, prior
+  from gpe_jax.stages import latent, prior
   cfg = ctx.config
   num = int(cfg.prior.eval_samples)
   sampler = sampling.make_latent_sampler(velocity_model, method=cfg.prior.eval_method,
@@ -48,8 +47,7 @@ def _fd_evaluator(ctx, velocity_model, extractor_name: str):
   lazy = {}
 
   def setup():
-    model, params, stats = decoder.load_trained(ctx)
-    lazy["decode"] = functools.partial(common.inference_fn(model), params, stats)
+    lazy["decode"] = latent.load(ctx).decode
     ext = features.get_extractor(extractor_name, ctx.data, cfg.evaluate)
     lazy["extractor"] = ext
     ref = ctx.data.x_test[:min(num, int(cfg.evaluate.num_reference))]

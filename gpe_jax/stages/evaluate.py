@@ -19,7 +19,6 @@ the two kinds of samples one above the other.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from gpe_jax import logs, plots
 from gpe_jax.evals import features, quality
-from gpe_jax.stages import common, decoder, encoder, prior, sample
+from gpe_jax.stages import common, latent, prior, sample
 
 NAME = "evaluate"
 
@@ -51,8 +50,7 @@ def run(ctx: common.Context) -> dict:
   ecfg = cfg.evaluate
   features.validate_names(tuple(ecfg.extractors), "config.evaluate.extractors")
   summary_all = logs.read_json(os.path.join(ctx.workdir, "summary.json"), {})
-  stamp = {"config": ecfg.to_dict(), "sample": sample.fingerprint(ctx),
-           "encoder_steps": summary_all.get(encoder.NAME, {}).get("steps")}
+  stamp = {"config": ecfg.to_dict(), "sample": sample.fingerprint(ctx)}
   if sample.is_current(ctx, NAME, ("metrics.json",), stamp):
     logging.info("evaluate: outputs are current, skipping")
     return common.previous_summary(ctx, NAME)
@@ -63,16 +61,15 @@ def run(ctx: common.Context) -> dict:
   reference = data.x_test[:n_ref]
 
   x_prior, prior_source = _samples(ctx, n)
-  dec_model, dec_params, dec_stats = decoder.load_trained(ctx)
-  decode = functools.partial(common.inference_fn(dec_model), dec_params, dec_stats)
+  autoencoder = latent.load(ctx)
+  decode = autoencoder.decode
   bsz = int(cfg.sample.batch_size)
   rng = np.random.default_rng([cfg.seed, 0xE7A])
   z_noise = rng.standard_normal((n, cfg.model.latent_dim)).astype(np.float32)
   x_noprior = common.batched_apply(decode, z_noise, bsz)
   floor_idx = np.sort(rng.permutation(n_train)[:n])
   x_floor = data.x_train[floor_idx]
-  embed, _ = decoder.frozen_embedder(ctx)
-  x_recon = common.batched_apply(decode, embed(x_floor), bsz)
+  x_recon = common.batched_apply(decode, autoencoder.embed(x_floor), bsz)
   sets = {"prior": x_prior, "noprior": x_noprior, "recon": x_recon, "floor": x_floor}
 
   flat, records, extractors = {}, {}, {}
@@ -95,7 +92,7 @@ def run(ctx: common.Context) -> dict:
                "noprior": "decoder applied to N(0, I) in the normalised latent space",
                "recon": f"decoder(encoder(x)) of {n} random training examples",
                "floor": f"{n} random real training examples"},
-      "extractors": extractors,
+      "extractors": extractors, "method": autoencoder.method,
       "prior_steps": summary_all.get(prior.NAME, {}).get("steps")}
   if logs.is_main_process():
     logs.write_json(os.path.join(out_dir, "metrics.json"),

@@ -1,7 +1,8 @@
 """GPE stage 3: a flow-matching prior in the normalised latent space (PAPERS §1.5).
 
-The encoder is frozen (stage 1), so the training set is embedded once, normalised with the
-encoder stage's ``latent_stats.npz`` (z = C (T(x) - m), the space the decoder was trained in),
+The encoder is frozen (stage 1, or a baseline's: ``config.method``, see ``stages/latent.py``),
+so the training set is embedded once, normalised with that stage's ``latent_stats.npz``
+(z = C (T(x) - m), the space GPE's decoder was trained in),
 and the prior learns a velocity field v(z, t) that carries N(0, I) to the latent data
 distribution along straight conditional paths:
 
@@ -156,12 +157,13 @@ def make_fm_eval(model, z_test: np.ndarray, batch_size: int, seed: int):
 
 def run(ctx: common.Context) -> dict:
   from gpe_jax.evals import plugins
-  from gpe_jax.stages import decoder
+  from gpe_jax.stages import latent
   cfg = ctx.config
   if common.done_record(ctx, NAME) is not None:
     logging.info("prior: already finished, skipping")
     return common.previous_summary(ctx, NAME)
-  z_train, z_test, _ = decoder.embed_dataset(ctx)
+  autoencoder = latent.load(ctx)
+  z_train, z_test = autoencoder.embed(ctx.data.x_train), autoencoder.embed(ctx.data.x_test)
   model, tx, init_fn = build(cfg)
   batches = PriorBatches(ctx.sampler({"z1": z_train}), cfg.model.latent_dim, cfg.seed,
                          bool(cfg.prior.ot_coupling))
@@ -180,7 +182,7 @@ def run(ctx: common.Context) -> dict:
       eval_fn=eval_fn, target_key="val_fm_loss")
   result = train_loop.run(stage, ctx.workdir, ctx.mesh, ctx.writer, cfg.seed)
   summary = common.mark_done(ctx, NAME, result, {
-      "ema": bool(cfg.prior.ema_decay), "ot_coupling": bool(cfg.prior.ot_coupling),
+      "method": autoencoder.method, "ema": bool(cfg.prior.ema_decay), "ot_coupling": bool(cfg.prior.ot_coupling),
       "num_params": int(sum(p.size for p in jax.tree.leaves(result.state.params)))})
   logging.info("prior: done after %d steps (%s), val_fm_loss=%.4g", result.steps,
                result.stopped_by, summary.get("val_fm_loss", float("nan")))

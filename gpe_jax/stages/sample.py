@@ -17,7 +17,6 @@ The stage is cheap, so it is redone whenever its config or the prior/decoder it 
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ import jax
 import numpy as np
 
 from gpe_jax import logs, plots, sampling
-from gpe_jax.stages import common, decoder, prior
+from gpe_jax.stages import common, latent, prior
 
 NAME = "sample"
 
@@ -36,7 +35,7 @@ def fingerprint(ctx: common.Context) -> dict:
   summary = logs.read_json(os.path.join(ctx.workdir, "summary.json"), {})
   return {"config": ctx.config.sample.to_dict(),
           "prior_steps": summary.get(prior.NAME, {}).get("steps"),
-          "decoder_steps": summary.get(decoder.NAME, {}).get("steps"),
+          "method": latent.method_of(ctx.config), "source_steps": latent.source_steps(ctx),
           "seed": ctx.config.seed}
 
 
@@ -74,23 +73,23 @@ def open_workdir(workdir: str, num_devices: int | None = None) -> common.Context
 
 
 def load_generator(ctx: common.Context, method=None, num_steps=None):
-  """(generate, latent_sampler, velocity, params, decode) for the trained prior and decoder.
+  """(generate, latent_sampler, velocity, params, autoencoder) for the trained prior and the
+  method's decoder (``stages/latent.py``).
 
   ``generate(num, seed) -> (z0, z, x, nfe)`` draws ``num`` samples with ``config.sample``'s
   integrator (or ``method`` / ``num_steps`` where given).
   """
   cfg = ctx.config.sample
   velocity, params = prior.load_trained(ctx)
-  dec_model, dec_params, dec_stats = decoder.load_trained(ctx)
-  decode = functools.partial(common.inference_fn(dec_model), dec_params, dec_stats)
+  autoencoder = latent.load(ctx)
   latent_sampler = sampling.make_latent_sampler(
       velocity, method=method or cfg.method, num_steps=num_steps or cfg.num_steps, t0=cfg.t0,
       t1=cfg.t1, rtol=cfg.rtol, atol=cfg.atol)
 
   def generate(num: int, seed: int):
-    return sampling.generate(latent_sampler, params, decode, num, ctx.config.model.latent_dim,
-                             seed, cfg.batch_size)
-  return generate, latent_sampler, velocity, params, decode
+    return sampling.generate(latent_sampler, params, autoencoder.decode, num,
+                             ctx.config.model.latent_dim, seed, cfg.batch_size)
+  return generate, latent_sampler, velocity, params, autoencoder
 
 
 def compare_solvers(ctx: common.Context, velocity, params, num: int = 256) -> dict:
@@ -130,7 +129,8 @@ def run(ctx: common.Context) -> dict:
     return common.previous_summary(ctx, NAME)
   out_dir = ctx.stage_dir(NAME)
   name = ctx.data.name
-  generate, latent_sampler, velocity, params, decode = load_generator(ctx)
+  generate, latent_sampler, velocity, params, autoencoder = load_generator(ctx)
+  decode = autoencoder.decode
   t = time.perf_counter()
   z0, z, x, nfe = generate(int(cfg.num_samples), ctx.config.seed)
   seconds = time.perf_counter() - t
@@ -145,7 +145,7 @@ def run(ctx: common.Context) -> dict:
   # Interpolations: between held-out latents (straight lines), and between noise vectors
   # (spherical) carried through the flow.
   pairs, steps = int(cfg.interp_pairs), int(cfg.interp_steps)
-  embed, _ = decoder.frozen_embedder(ctx)
+  embed = autoencoder.embed
   n_pairs = min(pairs, ctx.data.x_test.shape[0] // 2)
   if n_pairs:
     za = embed(ctx.data.x_test[:2 * n_pairs:2])
