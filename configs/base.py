@@ -55,7 +55,8 @@ def get_config():
 
   config.encoder = stage_config(num_steps=2000, lr=1e-4)
   config.decoder = stage_config(num_steps=2000, lr=1e-4)
-  config.decoder.encoder_checkpoint = ""  # '' = workdir/encoder/checkpoints
+  config.decoder.encoder_checkpoint = ""  # '' = workdir/<encoder stage>/checkpoints
+  config.decoder.encoder_method = "gpe"   # or a baseline's frozen encoder: 'vae', 'ae', ...
   config.decoder.l1_weight = 0.0          # optional extra L1 term (off: PAPERS §1.3)
 
   # Baselines (PAPERS §1.7): encoder and decoder trained jointly, same families as GPE.

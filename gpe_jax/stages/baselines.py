@@ -105,13 +105,15 @@ def abstract_state(config, name: str, example_shape):
                         jax.random.key(0))
 
 
-def load_trained(ctx: common.Context, name: str):
-  """(encoder, decoder, params, batch_stats) of the trained baseline ``name``."""
+def load_trained(ctx: common.Context, name: str, ckpt_dir: str = ""):
+  """(encoder, decoder, params, batch_stats) of the trained baseline ``name``, from
+  ``ckpt_dir`` (default ``workdir/<name>/checkpoints``)."""
   shape = ctx.data.example_shape
   enc, dec, _ = build(ctx.config, name, shape)
   state = train_loop.restore_checkpoint(
-      train_loop.checkpoint_dir(ctx.workdir, name), abstract_state(ctx.config, name, shape),
-      ctx.mesh, what=f" (the '{name}' baseline; list '{name}' in config.stages first)")
+      ckpt_dir or train_loop.checkpoint_dir(ctx.workdir, name),
+      abstract_state(ctx.config, name, shape), ctx.mesh,
+      what=f" (the '{name}' baseline; list '{name}' in config.stages first)")
   return enc, dec, state.params, state.batch_stats
 
 

@@ -66,20 +66,39 @@ def load_trained(ctx: common.Context):
   return model, state.params, state.batch_stats
 
 
+def encoder_method(ctx: common.Context) -> str:
+  """Whose frozen encoder the decoder trains on: 'gpe' or a baseline's (Table 1 trains a
+  decoder on the VAE's frozen encoder)."""
+  return ctx.config.decoder.get("encoder_method", "gpe")
+
+
 def encoder_checkpoint_dir(ctx: common.Context) -> str:
   path = ctx.config.decoder.encoder_checkpoint
-  return os.path.abspath(path) if path else train_loop.checkpoint_dir(ctx.workdir, encoder.NAME)
+  stage = encoder.NAME if encoder_method(ctx) == "gpe" else encoder_method(ctx)
+  return os.path.abspath(path) if path else train_loop.checkpoint_dir(ctx.workdir, stage)
 
 
 def frozen_embedder(ctx: common.Context):
   """(embed, stats): ``embed(x [N, ...]) -> [N, d]`` normalised latents C (T(x) - m) of the
   frozen encoder (batched, jitted), and the latent statistics (m, C) it uses."""
   cfg, data = ctx.config, ctx.data
-  enc_model, params, stats_bn = encoder.load_frozen(cfg, data.example_shape,
-                                                    encoder_checkpoint_dir(ctx), ctx.mesh)
-  raw = functools.partial(common.inference_fn(enc_model), params, stats_bn)
+  method = encoder_method(ctx)
+  if method == "gpe":
+    enc_model, params, stats_bn = encoder.load_frozen(cfg, data.example_shape,
+                                                      encoder_checkpoint_dir(ctx), ctx.mesh)
+    raw = functools.partial(common.inference_fn(enc_model), params, stats_bn)
+    stats_path = os.path.join(ctx.workdir, encoder.NAME, "latent_stats.npz")
+  else:
+    from gpe_jax.stages import baselines
+    if method not in baselines.NAMES:
+      from gpe_jax.parallel import ConfigError
+      raise ConfigError(f"config.decoder.encoder_method={method!r}; use 'gpe' or one of "
+                        f"{baselines.NAMES}.")
+    enc_model, _, params, stats_bn = baselines.load_trained(ctx, method,
+                                                            encoder_checkpoint_dir(ctx))
+    raw = baselines.embed_fn(enc_model, params, stats_bn, method in baselines.VARIATIONAL)
+    stats_path = os.path.join(ctx.workdir, method, "latent_stats.npz")
   bsz = cfg.data.batch_size
-  stats_path = os.path.join(ctx.workdir, encoder.NAME, "latent_stats.npz")
   if not cfg.decoder.encoder_checkpoint and os.path.exists(stats_path):
     stats = common.load_latent_stats(stats_path)
   else:  # an encoder from elsewhere: compute its statistics the same way the stage does

@@ -1,0 +1,164 @@
+"""What every experiment shares: the command line, variant runs of the pipeline, curves from
+``metrics.jsonl``, and the report.
+
+An experiment is a function ``run(config, workdir) -> Report``. It trains *variants* of the
+configured run — each a full pipeline run (``gpe_jax.pipeline.run``) in its own subdirectory
+of the experiment's workdir, so each variant resumes, skips finished stages and keeps its
+checkpoints exactly like a normal run — then reads their summaries and metrics and writes
+``report.md`` (tables, figures, the commands, the machine, the wall times) and
+``numbers.json``.
+
+    python -m gpe_jax.experiments.table1 --config=configs/fashion_mnist.py --workdir=DIR
+    python -m gpe_jax.experiments.table1 --config=configs/default.py:smoke --workdir=DIR
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from gpe_jax import logs, pipeline
+
+
+@dataclasses.dataclass
+class Report:
+  """An experiment's result.
+
+  Attributes:
+    title: first heading of report.md.
+    summary: one paragraph: what was run and what it shows.
+    tables: markdown tables (strings), in order.
+    figures: {file name in the workdir: caption}.
+    numbers: everything measured (written to numbers.json).
+    notes: further paragraphs (how the run differs from the paper, and why).
+  """
+  title: str
+  summary: str = ""
+  tables: list = dataclasses.field(default_factory=list)
+  figures: dict = dataclasses.field(default_factory=dict)
+  numbers: dict = dataclasses.field(default_factory=dict)
+  notes: list = dataclasses.field(default_factory=list)
+
+
+def variant(config, **overrides):
+  """A copy of ``config`` with dotted-key overrides, e.g. ``variant(c, **{'encoder.lr': 1e-3})``."""
+  cfg = config.copy_and_resolve_references()
+  cfg.unlock()
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+def run_variant(config, workdir: str, name: str, **overrides) -> dict:
+  """Run the pipeline for a variant of ``config`` in ``workdir/name``; returns its summary."""
+  sub = os.path.join(workdir, name)
+  cfg = variant(config, **overrides)
+  t0 = time.perf_counter()
+  summary = pipeline.run(cfg, sub)
+  logging.info("variant %s: done in %.1f s", name, time.perf_counter() - t0)
+  return summary
+
+
+def metrics_rows(run_dir: str, stage: str) -> list[dict]:
+  return [r for r in logs.read_metrics(run_dir) if r.get("stage") == stage]
+
+
+def curve(run_dir: str, stage: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of ``key`` in a stage's metrics rows."""
+  rows = [r for r in metrics_rows(run_dir, stage) if key in r]
+  return (np.array([r["step"] for r in rows], np.int64),
+          np.array([r[key] for r in rows], np.float64))
+
+
+def wall_clock(run_dir: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, seconds since the stage started) at each logged step, integrated from the logged
+  ``steps_per_sec`` (evaluation time excluded)."""
+  steps, rates = curve(run_dir, stage, "steps_per_sec")
+  prev = np.concatenate([[0], steps[:-1]])
+  return steps, np.cumsum((steps - prev) / np.maximum(rates, 1e-12))
+
+
+def first_step_below(steps: np.ndarray, values: np.ndarray, threshold: float):
+  """First logged step whose value is <= threshold, or None."""
+  hit = np.nonzero(values <= threshold)[0]
+  return int(steps[hit[0]]) if hit.size else None
+
+
+def machine() -> str:
+  devices = jax.devices()
+  return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
+          f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
+          f"Python {platform.python_version()}, jax {jax.__version__}")
+
+
+def markdown_table(header: list, rows: list) -> str:
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:.4g}"
+    return "—" if v is None else str(v)
+  lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def write_report(workdir: str, report: Report, command: str, seconds: float) -> str:
+  """Write ``report.md`` and ``numbers.json``; returns the report's path."""
+  parts = [f"# {report.title}", "", report.summary, "",
+           f"Command: `{command}`  ", f"Machine: {machine()}  ",
+           f"Wall time: {seconds:.0f} s (variants already finished in this workdir are reused)", ""]
+  for table in report.tables:
+    parts += [table, ""]
+  for fname, caption in report.figures.items():
+    parts += [f"![{caption}]({fname})", "", f"*{caption}*", ""]
+  for note in report.notes:
+    parts += [note, ""]
+  path = os.path.join(workdir, "report.md")
+  if logs.is_main_process():
+    with open(path, "w") as f:
+      f.write("\n".join(parts))
+    logs.write_json(os.path.join(workdir, "numbers.json"),
+                    dict(report.numbers, wall_seconds=seconds, command=command,
+                         machine=machine()))
+  return path
+
+
+def main(run: Callable, module: str) -> None:
+  """Command line of an experiment module: ``--config`` (``configs/NAME.py[:smoke]``) and
+  ``--workdir``; user errors print one paragraph and exit 2, like ``gpe_jax.main``."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  from gpe_jax.main import USER_ERRORS, _QuietLibraries
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:smoke]).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where the variants, figures and report.md go.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def _main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_QuietLibraries())
+    cfg, workdir = flags.FLAGS.config, os.path.abspath(flags.FLAGS.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    command = " ".join(["python -m", module] + sys.argv[1:])
+    t0 = time.perf_counter()
+    try:
+      report = run(cfg, workdir)
+    except USER_ERRORS as e:
+      print(f"\ngpe_jax error ({type(e).__name__}): {e}", file=sys.stderr)
+      sys.exit(2)
+    path = write_report(workdir, report, command, time.perf_counter() - t0)
+    print(f"report: {path}")
+  app.run(_main)
