@@ -13,12 +13,28 @@ Workdir layout (each arrow of the pipeline is a file here):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
 
 import jax
 import numpy as np
+
+
+class QuietLibraries(logging.Filter):
+  """Drop INFO chatter of orbax/tensorstore (they log every checkpoint step at INFO)."""
+
+  def filter(self, record):
+    noisy = "/orbax/" in record.pathname or "/tensorstore/" in record.pathname
+    return record.levelno >= logging.WARNING or not noisy
+
+
+def setup_logging() -> None:
+  """INFO logging for command-line runs, without the checkpoint libraries' chatter."""
+  logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(QuietLibraries())
 
 
 def is_main_process() -> bool:

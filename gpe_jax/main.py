@@ -7,16 +7,14 @@ For multi-host runs pass ``--coordinator_address`` (``auto`` on TPU pods / SLURM
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from gpe_jax import pipeline
-from gpe_jax.data import DataError
-from gpe_jax.parallel import ConfigError, maybe_initialize_distributed
-from gpe_jax.train_loop import CheckpointError, NonFiniteError
+from gpe_jax import logs, pipeline
+from gpe_jax.parallel import maybe_initialize_distributed
+from gpe_jax.pipeline import USER_ERRORS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:smoke]).",
@@ -27,22 +25,9 @@ flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", 0, "This process's index (multi-host).")
 flags.mark_flags_as_required(["config"])
 
-USER_ERRORS = (DataError, ConfigError, CheckpointError, NonFiniteError)
-
-
-class _QuietLibraries(logging.Filter):
-  """Drop INFO chatter of orbax/tensorstore (they log every checkpoint step at INFO)."""
-
-  def filter(self, record):
-    noisy = "/orbax/" in record.pathname or "/tensorstore/" in record.pathname
-    return record.levelno >= logging.WARNING or not noisy
-
-
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+  logs.setup_logging()
   config = FLAGS.config
   workdir = FLAGS.workdir or f"runs/{config.data.name}"
   maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,

@@ -17,8 +17,14 @@ import jax
 
 from gpe_jax import logs, parallel, plots
 from gpe_jax.data import load_dataset
+from gpe_jax.data import DataError
 from gpe_jax.parallel import ConfigError
+from gpe_jax.train_loop import CheckpointError, NonFiniteError
 from gpe_jax.stages import baselines, common, decoder, encoder, evaluate, latent, prior, sample
+
+# Errors a user can fix (bad config, absent data, unrestorable checkpoint, NaN loss): the CLIs
+# print their one-paragraph message and exit 2 instead of a traceback.
+USER_ERRORS = (DataError, ConfigError, CheckpointError, NonFiniteError)
 
 STAGES = {
     encoder.NAME: encoder.run,

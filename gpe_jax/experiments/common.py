@@ -83,7 +83,8 @@ def curve(run_dir: str, stage: str, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def wall_clock(run_dir: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
   """(steps, seconds since the stage started) at each logged step, integrated from the logged
-  ``steps_per_sec`` (evaluation time excluded)."""
+  ``steps_per_sec``. Held-out evaluations are included: each one's time falls into the logging
+  window after it."""
   steps, rates = curve(run_dir, stage, "steps_per_sec")
   prev = np.concatenate([[0], steps[:-1]])
   return steps, np.cumsum((steps - prev) / np.maximum(rates, 1e-12))
@@ -139,7 +140,6 @@ def main(run: Callable, module: str) -> None:
   from absl import app, flags
   from ml_collections import config_flags
 
-  from gpe_jax.main import USER_ERRORS, _QuietLibraries
   config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:smoke]).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Where the variants, figures and report.md go.")
@@ -147,16 +147,14 @@ def main(run: Callable, module: str) -> None:
 
   def _main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
-    for handler in logging.getLogger().handlers:
-      handler.addFilter(_QuietLibraries())
+    logs.setup_logging()
     cfg, workdir = flags.FLAGS.config, os.path.abspath(flags.FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)
     command = " ".join(["python -m", module] + sys.argv[1:])
     t0 = time.perf_counter()
     try:
       report = run(cfg, workdir)
-    except USER_ERRORS as e:
+    except pipeline.USER_ERRORS as e:
       print(f"\ngpe_jax error ({type(e).__name__}): {e}", file=sys.stderr)
       sys.exit(2)
     path = write_report(workdir, report, command, time.perf_counter() - t0)

@@ -117,14 +117,20 @@ def load_trained(ctx: common.Context, name: str, ckpt_dir: str = ""):
   return enc, dec, state.params, state.batch_stats
 
 
-def embed_fn(enc, params, batch_stats, variational: bool):
-  """Jitted x [B, ...] -> T(x) [B, d] (the mean for a VAE), inference mode."""
+def make_embed(enc, variational: bool):
+  """Jitted (params, batch_stats, x [B, ...]) -> T(x) [B, d] (the mean for a VAE), inference
+  mode. Variables are arguments, so repeated evaluations do not recompile."""
   infer = common.inference_fn(enc)
 
   @jax.jit
-  def fn(x):
+  def fn(params, batch_stats, x):
     return encode_mean(infer(params["encoder"], batch_stats["encoder"], x), variational)
   return fn
+
+
+def embed_fn(enc, params, batch_stats, variational: bool):
+  """x [B, ...] -> T(x) [B, d] for fixed trained variables."""
+  return functools.partial(make_embed(enc, variational), params, batch_stats)
 
 
 def run_stage(ctx: common.Context, name: str) -> dict:
@@ -139,9 +145,10 @@ def run_stage(ctx: common.Context, name: str) -> dict:
   bsz = cfg.data.batch_size
   x_eval = np.concatenate(list(iterate_eval_batches(data.x_test, bsz, cfg.eval.num_examples)))
   decode_infer = common.inference_fn(dec)
+  embed_any = make_embed(enc, variational)
 
   def eval_fn(state):
-    embed = embed_fn(enc, state.params, state.batch_stats, variational)
+    embed = functools.partial(embed_any, state.params, state.batch_stats)
     z = common.batched_apply(embed, x_eval, bsz)
     x_hat = common.batched_apply(
         functools.partial(decode_infer, state.params["decoder"], state.batch_stats["decoder"]),
