@@ -235,9 +235,7 @@ def run(config, workdir: str) -> common.Report:
       "window that follows an evaluation at the rate of the nearest evaluation-free window "
       "(logs are written twice per evaluation interval for this); 'of which evals etc. (est.)' "
       "is the total training time (summary `seconds`) minus the training-only clock at the "
-      "end: evaluations and checkpoints. The baselines' held-out evaluation re-compiles their "
-      "encoder every time (its parameters are closed over by a fresh `jax.jit`), so the "
-      "logged clock penalises them more than GPE's decoder; compare both columns.",
+      "end: evaluations and checkpoints; compare both columns.",
       "Timing caveats: the five runs train one after another in one process on the same "
       "machine, which may be shared; per-iteration costs below are wall times including "
       "evaluations and checkpoints. The paper (Table 2, one V100, MNIST) measured 0.020 s/it "
