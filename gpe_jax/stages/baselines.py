@@ -31,8 +31,7 @@ import optax
 
 from gpe_jax import costs, models, plots, train_loop
 from gpe_jax.data import iterate_eval_batches
-from gpe_jax.evals import geometry
-from gpe_jax.stages import common
+from gpe_jax.stages import common, encoder
 
 NAMES = ("vae", "ae", "vae_mds", "ae_mds")
 VARIATIONAL = ("vae", "vae_mds")
@@ -165,19 +164,8 @@ def run_stage(ctx: common.Context, name: str) -> dict:
   out_dir = ctx.stage_dir(name)
   state = result.state
   embed = embed_fn(enc, state.params, state.batch_stats, variational)
-  n_stats = min(cfg.eval.latent_stats_samples, data.x_train.shape[0])
-  stats = common.latent_stats(common.batched_apply(embed, data.x_train[:n_stats], bsz))
-  common.save_latent_stats(os.path.join(out_dir, "latent_stats.npz"), stats)
-  n_geo = min(cfg.eval.geometry_points, data.x_test.shape[0])
-  x_geo = data.x_test[:n_geo]
-  z_geo = common.batched_apply(embed, x_geo, bsz)
-  metrics = geometry.geometry_metrics(x_geo, z_geo, alphas=tuple(cfg.eval.alphas),
-                                      knn_k=cfg.eval.knn_k)
-  metrics["latent_scale"] = float(stats["scale"])
-  labels = None if data.y_test is None else data.y_test[:n_geo]
-  plots.latent_scatter(z_geo, labels, os.path.join(out_dir, "latent_scatter.png"),
-                       title=f"{data.name}: {name} encoder, held-out embeddings")
-  n_show = min(32, n_geo)
+  metrics, x_geo, z_geo = encoder.describe_encoder(ctx, name, embed, f"{name} encoder")
+  n_show = min(32, x_geo.shape[0])
   x_hat = common.batched_apply(
       functools.partial(decode_infer, state.params["decoder"], state.batch_stats["decoder"]),
       z_geo[:n_show], bsz)

@@ -70,6 +70,41 @@ def load_frozen(config, example_shape, ckpt_dir, mesh):
   return model, state.params, state.batch_stats
 
 
+def describe_encoder(ctx: common.Context, stage: str, embed, label: str):
+  """What every trained encoder (GPE's or a baseline's) leaves in ``workdir/<stage>/``:
+  ``latent_stats.npz`` (PAPERS §1.4), the geometry metrics of its held-out embeddings (PAPERS
+  §1.2), ``latent_scatter.png`` and ``distortion.png``.
+
+  Args:
+    ctx: the run context.
+    stage: the stage's name (its folder).
+    embed: x [B, ...] -> T(x) [B, d], batched by ``config.data.batch_size``.
+    label: how plots name the encoder.
+
+  Returns:
+    (metrics dict with ``latent_scale``, held-out examples x_geo, their embeddings z_geo).
+  """
+  cfg, data = ctx.config, ctx.data
+  bsz = cfg.data.batch_size
+  out_dir = ctx.stage_dir(stage)
+  n_stats = min(cfg.eval.latent_stats_samples, data.x_train.shape[0])
+  stats = common.latent_stats(common.batched_apply(embed, data.x_train[:n_stats], bsz))
+  common.save_latent_stats(os.path.join(out_dir, "latent_stats.npz"), stats)
+  n_geo = min(cfg.eval.geometry_points, data.x_test.shape[0])
+  x_geo = data.x_test[:n_geo]
+  z_geo = common.batched_apply(embed, x_geo, bsz)
+  metrics = geometry.geometry_metrics(x_geo, z_geo, alphas=tuple(cfg.eval.alphas),
+                                      knn_k=cfg.eval.knn_k)
+  metrics["latent_scale"] = float(stats["scale"])
+  labels = None if data.y_test is None else data.y_test[:n_geo]
+  plots.latent_scatter(z_geo, labels, os.path.join(out_dir, "latent_scatter.png"),
+                       title=f"{data.name}: {label}, held-out embeddings")
+  dx, dz = geometry.pair_distances(x_geo, z_geo)
+  plots.distortion_plot(dx, dz, os.path.join(out_dir, "distortion.png"),
+                        title=f"{data.name}: {label}, held-out pair distances, data vs latent")
+  return metrics, x_geo, z_geo
+
+
 def run(ctx: common.Context) -> dict:
   cfg, data = ctx.config, ctx.data
   if common.done_record(ctx, NAME) is not None:
@@ -95,24 +130,8 @@ def run(ctx: common.Context) -> dict:
                            eval_fn=eval_fn, target_key="val_gme")
   result = train_loop.run(stage, ctx.workdir, ctx.mesh, ctx.writer, cfg.seed)
 
-  out_dir = ctx.stage_dir(NAME)
   embed = functools.partial(embed_fn, result.state.params, result.state.batch_stats)
-  n_stats = min(cfg.eval.latent_stats_samples, data.x_train.shape[0])
-  stats = common.latent_stats(common.batched_apply(embed, data.x_train[:n_stats], bsz))
-  common.save_latent_stats(os.path.join(out_dir, "latent_stats.npz"), stats)
-
-  n_geo = min(cfg.eval.geometry_points, data.x_test.shape[0])
-  x_geo = data.x_test[:n_geo]
-  z_geo = common.batched_apply(embed, x_geo, bsz)
-  metrics = geometry.geometry_metrics(x_geo, z_geo, alphas=tuple(cfg.eval.alphas),
-                                      knn_k=cfg.eval.knn_k)
-  metrics["latent_scale"] = float(stats["scale"])
-  labels = None if data.y_test is None else data.y_test[:n_geo]
-  plots.latent_scatter(z_geo, labels, os.path.join(out_dir, "latent_scatter.png"),
-                       title=f"{data.name}: GPE encoder, held-out embeddings")
-  dx, dz = geometry.pair_distances(x_geo, z_geo)
-  plots.distortion_plot(dx, dz, os.path.join(out_dir, "distortion.png"),
-                        title=f"{data.name}: held-out pair distances, data vs latent")
+  metrics, _, _ = describe_encoder(ctx, NAME, embed, "GPE encoder")
   summary = common.mark_done(ctx, NAME, result, metrics)
   logging.info("encoder: done after %d steps (%s), val_gme=%.4g", result.steps,
                result.stopped_by, summary.get("val_gme", float("nan")))
