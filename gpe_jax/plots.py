@@ -246,6 +246,26 @@ def recon_grid(x, x_hat, path, n: int = 32, title: str = "") -> str:
 # --------------------------------------------------------------------------- latents
 
 
+def scatter_by_label(ax, pts: np.ndarray, labels, size: float = 8, alpha: float = 0.7):
+  """Scatter 2-D points [n, 2] on ``ax``, one colour per label (<= 20 classes, each a legend
+  entry) or a continuous colour map (more classes; the mappable is returned for a colour bar).
+  Returns None unless a colour bar is wanted."""
+  if labels is None:
+    ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=alpha, lw=0)
+    return None
+  labels = np.asarray(labels).reshape(-1)
+  classes = np.unique(labels)
+  if classes.size > 20:
+    return ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=alpha, lw=0, c=labels,
+                      cmap="viridis")
+  cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
+  for i, c in enumerate(classes):
+    sel = labels == c
+    ax.scatter(pts[sel, 0], pts[sel, 1], s=size, alpha=alpha, lw=0, color=cmap(i),
+               label=str(c))
+  return None
+
+
 def latent_scatter(z, labels, path, title: str = "") -> str:
   """2-D scatter of embeddings, coloured by class label when given.
 
@@ -278,24 +298,12 @@ def latent_scatter(z, labels, path, title: str = "") -> str:
     pts = np.stack([np.arange(n, dtype=np.float64), z[:, 0] if d else np.zeros(n)], axis=1)
     xlabel, ylabel = "index", "z[0]"
 
-  size = 4 if n > 2000 else 8
   fig, ax = plt.subplots(figsize=(6, 5.4))
-  if labels is None:
-    ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.6, lw=0)
-  else:
-    labels = np.asarray(labels).reshape(-1)
-    classes = np.unique(labels)
-    if classes.size <= 20:
-      cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
-      for i, c in enumerate(classes):
-        sel = labels == c
-        ax.scatter(pts[sel, 0], pts[sel, 1], s=size, alpha=0.7, lw=0, color=cmap(i),
-                   label=str(c))
-      ax.legend(fontsize=7, markerscale=2, loc="best", title="label", title_fontsize=8)
-    else:
-      sc = ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.7, lw=0, c=labels,
-                      cmap="viridis")
-      fig.colorbar(sc, ax=ax, label="label")
+  sc = scatter_by_label(ax, pts, labels, size=4 if n > 2000 else 8)
+  if sc is not None:
+    fig.colorbar(sc, ax=ax, label="label")
+  elif labels is not None:
+    ax.legend(fontsize=7, markerscale=2, loc="best", title="label", title_fontsize=8)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if d == 2:

@@ -68,20 +68,7 @@ def project_2d(v: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _scatter(ax, pts: np.ndarray, labels, title: str) -> None:
-  size = 4 if pts.shape[0] > 2000 else 9
-  if labels is None:
-    ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.7, lw=0)
-  else:
-    labels = np.asarray(labels).reshape(-1)
-    classes = np.unique(labels)
-    if classes.size <= 20:
-      cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
-      for i, c in enumerate(classes):
-        sel = labels == c
-        ax.scatter(pts[sel, 0], pts[sel, 1], s=size, alpha=0.75, lw=0, color=cmap(i),
-                   label=str(c))
-    else:
-      ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.75, lw=0, c=labels, cmap="viridis")
+  plots.scatter_by_label(ax, pts, labels, size=4 if pts.shape[0] > 2000 else 9, alpha=0.75)
   ax.set_aspect("equal", adjustable="datalim")
   ax.set_title(title, fontsize=9)
 
