@@ -58,6 +58,14 @@ def get_config():
   config.decoder.encoder_checkpoint = ""  # '' = workdir/<encoder stage>/checkpoints
   config.decoder.encoder_method = "gpe"   # or a baseline's frozen encoder: 'vae', 'ae', ...
   config.decoder.l1_weight = 0.0          # optional extra L1 term (off: PAPERS §1.3)
+  # Scheduled curvature/geometry evaluators (gpe_jax/evals/plugins.py), run every
+  # <stage>.evals_every steps (0: at every evaluation) and at the end: encoder 'hessian'
+  # (extreme eigenvalues of the GME Hessian on probes.points held-out points), 'hessian_mds'
+  # (same for the squared-distance cost), 'bilip' (weak bi-Lipschitz fractions); decoder
+  # 'hessian' (of the reconstruction loss w.r.t. the decoder's parameters).
+  for name in ("encoder", "decoder"):
+    config[name].evals = ()
+    config[name].evals_every = 0
 
   # Baselines (PAPERS §1.7): encoder and decoder trained jointly, same families as GPE.
   # beta weighs the KL against the summed squared error; mds_weight the MDS stress.
@@ -115,6 +123,21 @@ def get_config():
   v.inception_weights = ""   # local .npz of the FID Inception-v3 (docs/inception.md)
   v.classifier = classifier_config()
 
+  # Hessian probes of the curvature bounds (PAPERS §1.6; python -m gpe_jax.probes).
+  config.probes = h = ml_collections.ConfigDict()
+  h.which = "abcde"        # (a) GME vs MDS curvature against beta, (b) during encoder training,
+  #                          (c) decoder conditioning, (d) weak bi-Lipschitz vs Markov,
+  #                          (e) negative curvature at a collapsed map
+  h.points = 200           # held-out points per Hessian (the Hessian in Z is (n d) x (n d))
+  h.lanczos_iters = 100    # Krylov dimension of the Lanczos runs
+  h.dense_max = 2000       # below this dimension, also form the dense jax.hessian to check
+  h.betas = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+  h.stop_fractions = (0.0, 0.5, 1.0)  # (c): GPE encoders stopped on the log-GME curve
+  h.num_features = 256     # (c): random-feature decoder on the latents
+  h.decoder_points = 1500  # (c): training points whose latents the feature Hessian uses
+  h.gd_steps = 500         # (c): gradient descent on the random-feature decoder
+  h.alphas = (1.05, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)   # (d)
+
   config.eval = e = ml_collections.ConfigDict()
   e.num_examples = 1000          # held-out examples per periodic evaluation (0 = all)
   e.geometry_points = 1000       # held-out points for the geometry metrics (all pairs)
@@ -149,6 +172,13 @@ def smoke(config, steps=4):
   config.eval.num_examples = 64
   config.eval.geometry_points = 64
   config.eval.latent_stats_samples = 256
+  config.probes.points = 24
+  config.probes.lanczos_iters = 24
+  config.probes.betas = (1.0, 16.0, 256.0)
+  config.probes.num_features = 32
+  config.probes.decoder_points = 128
+  config.probes.gd_steps = 20
+  config.probes.alphas = (1.1, 1.5, 2.0)
   return config
 
 

@@ -69,11 +69,12 @@ def _validate_evaluations(config, stages) -> None:
   """Evaluator and extractor names, and the Inception weights file, checked before training."""
   from gpe_jax.evals import features, plugins
   wanted = []
+  for stage, known in (("encoder", plugins.ENCODER_EVALUATORS),
+                       ("decoder", plugins.DECODER_EVALUATORS),
+                       ("prior", plugins.PRIOR_EVALUATORS)):
+    if stage in stages:
+      plugins.check_names(tuple(config[stage].get("evals", ())), known, f"config.{stage}.evals")
   if "prior" in stages:
-    unknown = [n for n in config.prior.evals if n not in plugins.PRIOR_EVALUATORS]
-    if unknown:
-      raise ConfigError(f"config.prior.evals names unknown evaluator(s) {unknown}; choose "
-                        f"from {plugins.PRIOR_EVALUATORS}.")
     wanted += [n[len("fd_"):] for n in config.prior.evals if n.startswith("fd_")]
   if "evaluate" in stages:
     features.validate_names(tuple(config.evaluate.extractors), "config.evaluate.extractors")

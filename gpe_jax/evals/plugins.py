@@ -9,17 +9,43 @@ Prior-stage evaluators:
     distance to the held-out split in that feature space (key ``fd_<extractor>``), so sample
     quality can be followed during training.
 
+Encoder-stage evaluators (``config.encoder.evals``), the scheduled forms of the Hessian probes
+(``gpe_jax.probes``; PAPERS §1.2, §1.6), on the first ``config.probes.points`` held-out
+examples:
+  * ``hessian``: extreme eigenvalues of the GME Hessian w.r.t. the embedded points (Lanczos on
+    Hessian-vector products): ``hess_gme_min``, ``hess_gme_max``, and ``hess_gme_batch``, the
+    GME of that batch (Thm 3: the lower end tends to 0 as the GME falls);
+  * ``hessian_mds``: ``hess_mds_min``, ``hess_mds_max``, the extreme eigenvalues of the
+    squared-distance (MDS-type) cost's Hessian at the same embedded points (Thm 3);
+  * ``bilip``: the fraction of those held-out pairs that are weakly alpha-bi-Lipschitz and the
+    Markov bound from their GME, for each alpha of ``config.eval.alphas`` (Thm 2).
+Decoder-stage evaluator (``config.decoder.evals``):
+  * ``hessian``: extreme eigenvalues of the reconstruction loss's Hessian w.r.t. the decoder's
+    parameters on held-out (latent, image) pairs: ``hess_recon_min``, ``hess_recon_max``.
+These run every ``config.<stage>.evals_every`` steps (0: at every evaluation) and at the end.
+
 Each evaluator is a closure ``state -> {name: float}`` that jits its own pure functions; the
 decoder, the extractor and the reference features are built on first use.
 """
 from __future__ import annotations
 
+import jax
+import numpy as np
 
-from gpe_jax import sampling
-from gpe_jax.evals import features, frechet
+from gpe_jax import costs, sampling
+from gpe_jax.evals import features, frechet, geometry, hessian
 from gpe_jax.parallel import ConfigError
 
 PRIOR_EVALUATORS = ("fm_loss",) + tuple(f"fd_{e}" for e in features.EXTRACTORS)
+ENCODER_EVALUATORS = ("hessian", "hessian_mds", "bilip")
+DECODER_EVALUATORS = ("hessian",)
+
+
+def check_names(names, known, where: str) -> None:
+  """Raises ConfigError naming ``where`` (e.g. 'config.encoder.evals') for unknown names."""
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ConfigError(f"{where} names unknown evaluator(s) {unknown}; choose from {known}.")
 
 
 def build_prior_evaluators(ctx, velocity_model, names) -> list:
@@ -28,10 +54,7 @@ def build_prior_evaluators(ctx, velocity_model, names) -> list:
   Raises:
     ConfigError: an unknown evaluator name.
   """
-  unknown = [n for n in names if n not in PRIOR_EVALUATORS]
-  if unknown:
-    raise ConfigError(f"config.prior.evals names unknown evaluator(s) {unknown}; choose from "
-                      f"{PRIOR_EVALUATORS}.")
+  check_names(names, PRIOR_EVALUATORS, "config.prior.evals")
   return [_fd_evaluator(ctx, velocity_model, n[len("fd_"):]) for n in names
           if n.startswith("fd_")]
 
@@ -61,3 +84,90 @@ def _fd_evaluator(ctx, velocity_model, extractor_name: str):
     mu, cov = frechet.gaussian_stats_np(lazy["extractor"].fn(x))
     return {f"fd_{extractor_name}": float(frechet.frechet_distance_np(*lazy["ref"], mu, cov))}
   return evaluate
+
+
+def _scheduled(stage_cfg, fn):
+  """Run ``fn(state)`` every ``stage_cfg.evals_every`` steps (0: every evaluation) and at the
+  stage's last step; otherwise report nothing."""
+  every = int(stage_cfg.get("evals_every", 0))
+  last = int(stage_cfg.num_steps)
+
+  def evaluate(state) -> dict:
+    step = int(state.step)
+    if every and step % every and step < last:
+      return {}
+    return fn(state)
+  return evaluate
+
+
+def build_encoder_evaluators(ctx, embed_fn, names) -> list:
+  """Closures ``state -> dict`` for ``config.encoder.evals``.
+
+  Args:
+    ctx: the run context.
+    embed_fn: ``(params, batch_stats, x) -> T(x)`` (jittable inference function).
+    names: evaluator names (``ENCODER_EVALUATORS``).
+  """
+  check_names(names, ENCODER_EVALUATORS, "config.encoder.evals")
+  cfg = ctx.config
+  n = min(int(cfg.probes.points), ctx.data.x_test.shape[0])
+  x = ctx.data.x_test[:n]
+  embed = jax.jit(embed_fn)
+  out = []
+  iters, key = int(cfg.probes.lanczos_iters), jax.random.key(cfg.seed)
+  if "hessian" in names:
+    eigs = hessian.lanczos_at(hessian.make_embedding_cost(x, "gme"), iters, key)
+    gme = jax.jit(costs.gme_cost)
+
+    def hess(state):
+      z = embed(state.params, state.batch_stats, x)
+      ritz = hessian.ritz_extremes(*eigs(z.reshape(n, -1)))
+      return {"hess_gme_min": ritz["lambda_min"], "hess_gme_max": ritz["lambda_max"],
+              "hess_gme_batch": float(gme(x, z))}
+    out.append(_scheduled(cfg.encoder, hess))
+  if "hessian_mds" in names:
+    eigs_mds = hessian.lanczos_at(hessian.make_embedding_cost(x, "sqdist"), iters, key)
+
+    def hess_mds(state):
+      z = embed(state.params, state.batch_stats, x)
+      ritz = hessian.ritz_extremes(*eigs_mds(z.reshape(n, -1)))
+      return {"hess_mds_min": ritz["lambda_min"], "hess_mds_max": ritz["lambda_max"]}
+    out.append(_scheduled(cfg.encoder, hess_mds))
+  if "bilip" in names:
+    alphas = tuple(float(a) for a in cfg.eval.alphas)
+
+    def bilip(state):
+      z = np.asarray(embed(state.params, state.batch_stats, x))
+      m = geometry.geometry_metrics(x, z, alphas=alphas, knn_k=min(int(cfg.eval.knn_k), n - 1))
+      return {k: v for k, v in m.items() if k.startswith("weak_bilip_")}
+    out.append(_scheduled(cfg.encoder, bilip))
+  return out
+
+
+def build_decoder_evaluators(ctx, decode_fn, z_test, names) -> list:
+  """Closures ``state -> dict`` for ``config.decoder.evals``.
+
+  Args:
+    ctx: the run context.
+    decode_fn: ``(params, batch_stats, z) -> S(z)`` (jittable inference function).
+    z_test: held-out normalised latents, aligned with ``ctx.data.x_test``.
+    names: evaluator names (``DECODER_EVALUATORS``).
+  """
+  check_names(names, DECODER_EVALUATORS, "config.decoder.evals")
+  cfg = ctx.config
+  if "hessian" not in names:
+    return []
+  n = min(int(cfg.probes.points), z_test.shape[0])
+  z, x = z_test[:n], ctx.data.x_test[:n]
+  iters, key = int(cfg.probes.lanczos_iters), jax.random.key(cfg.seed)
+
+  @jax.jit
+  def eigs(params, batch_stats):
+    loss = hessian.make_recon_param_cost(lambda p, z_: decode_fn(p, batch_stats, z_), z, x)
+    hvp, dim = hessian.make_hvp(loss, params)
+    return hessian.lanczos(hvp, dim, iters, key)
+
+  def hess(state):
+    ritz = hessian.ritz_extremes(*eigs(state.params, state.batch_stats))
+    return {"hess_recon_min": ritz["lambda_min"], "hess_recon_max": ritz["lambda_max"]}
+  return [_scheduled(cfg.decoder, hess)]

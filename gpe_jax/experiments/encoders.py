@@ -169,24 +169,30 @@ def load_context(config) -> stage_common.Context:
       config.num_devices), data=load_dataset(config.data), writer=None)
 
 
+def frozen_embed(ctx: stage_common.Context, method: str, ckpt_dir: str):
+  """``x [B, ...] -> T(x) [B, d]`` (raw, unnormalised; a VAE's mean) of the frozen encoder in
+  ``ckpt_dir`` (latest step): ``method`` is 'gpe' or a baseline's name.
+
+  Restoring also checks the checkpoint: a folder that cannot be restored raises
+  ``train_loop.CheckpointError``.
+  """
+  shape = ctx.data.example_shape
+  if method == "gpe":
+    model, params, batch_stats = encoder.load_frozen(ctx.config, shape, ckpt_dir, ctx.mesh)
+    return functools.partial(stage_common.inference_fn(model), params, batch_stats)
+  enc, _, params, batch_stats = baselines.load_trained(ctx, method, ckpt_dir)
+  return baselines.embed_fn(enc, params, batch_stats, method in baselines.VARIATIONAL)
+
+
 def heldout_gme(ctx: stage_common.Context, method: str, ckpt_dir: str) -> float:
   """Held-out GME of the frozen encoder in ``ckpt_dir`` (latest step), measured exactly as the
   encoder stage's ``val_gme``: mean over held-out minibatches of the training batch size.
-
-  Restoring also checks the checkpoint: a folder that cannot be restored raises
-  ``train_loop.CheckpointError`` before any decoder trains on it.
-  """
+  A checkpoint that cannot be restored raises before any decoder trains on it."""
   cfg, data = ctx.config, ctx.data
   bsz = cfg.data.batch_size
-  shape = data.example_shape
-  if method == "gpe":
-    model, params, batch_stats = encoder.load_frozen(cfg, shape, ckpt_dir, ctx.mesh)
-    embed = functools.partial(stage_common.inference_fn(model), params, batch_stats)
-  else:
-    enc, _, params, batch_stats = baselines.load_trained(ctx, method, ckpt_dir)
-    embed = baselines.embed_fn(enc, params, batch_stats, method in baselines.VARIATIONAL)
+  embed = frozen_embed(ctx, method, ckpt_dir)
   x_eval = np.stack(list(iterate_eval_batches(data.x_test, bsz, cfg.eval.num_examples)))
-  z = stage_common.batched_apply(embed, x_eval.reshape((-1,) + shape), bsz)
+  z = stage_common.batched_apply(embed, x_eval.reshape((-1,) + data.example_shape), bsz)
   z = z.reshape(x_eval.shape[:2] + (-1,))
   return float(jnp.mean(costs.gme_cost_minibatches(x_eval, z)))
 

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from gpe_jax import costs, models, plots, train_loop
+from gpe_jax.evals import plugins
 from gpe_jax.stages import common, encoder
 
 NAME = "decoder"
@@ -131,10 +132,16 @@ def run(ctx: common.Context) -> dict:
                                                                   z_test.shape[0])
   n_eval = max(bsz, n_eval // bsz * bsz)
 
+  scheduled = plugins.build_decoder_evaluators(ctx, decode_fn, z_test,
+                                               tuple(cfg.decoder.get("evals", ())))
+
   def eval_fn(state):
     vals = [float(mse_fn(state.params, state.batch_stats, z_test[i:i + bsz],
                          data.x_test[i:i + bsz])) for i in range(0, n_eval, bsz)]
-    return {"val_recon_mse": float(np.mean(vals))}
+    out = {"val_recon_mse": float(np.mean(vals))}
+    for evaluator in scheduled:
+      out.update(evaluator(state))
+    return out
 
   stage = train_loop.Stage(
       name=NAME, cfg=cfg.decoder, init_fn=make_init_fn(model, tx, cfg.model.latent_dim),

@@ -17,7 +17,7 @@ import optax
 
 from gpe_jax import costs, models, plots, train_loop
 from gpe_jax.data import iterate_eval_batches
-from gpe_jax.evals import geometry
+from gpe_jax.evals import geometry, plugins
 from gpe_jax.stages import common
 
 NAME = "encoder"
@@ -118,12 +118,17 @@ def run(ctx: common.Context) -> dict:
   embed_fn = common.inference_fn(model)
   x_eval = np.stack(list(iterate_eval_batches(data.x_test, bsz, cfg.eval.num_examples)))
   gme_batches = jax.jit(costs.gme_cost_minibatches)
+  scheduled = plugins.build_encoder_evaluators(ctx, embed_fn, tuple(cfg.encoder.evals))
 
   def eval_fn(state):
-    """Held-out GME: mean over minibatches of the training batch size (the paper's scale)."""
+    """Held-out GME: mean over minibatches of the training batch size (the paper's scale),
+    and the scheduled probes of ``config.encoder.evals``."""
     embed = functools.partial(embed_fn, state.params, state.batch_stats)
     z = common.batched_apply(embed, x_eval.reshape((-1,) + shape), bsz)
-    return {"val_gme": float(jnp.mean(gme_batches(x_eval, z.reshape(x_eval.shape[:2] + (-1,)))))}
+    out = {"val_gme": float(jnp.mean(gme_batches(x_eval, z.reshape(x_eval.shape[:2] + (-1,)))))}
+    for evaluator in scheduled:
+      out.update(evaluator(state))
+    return out
 
   stage = train_loop.Stage(name=NAME, cfg=cfg.encoder, init_fn=make_init_fn(model, tx, shape),
                            step_fn=make_train_step(model, tx), batch_fn=sampler,
