@@ -2,19 +2,22 @@
 
 Every function takes host arrays (NumPy, or JAX arrays, which are converted), writes one PNG,
 closes its figure (long runs call these repeatedly; open figures would leak memory) and returns
-the path it wrote. The Agg backend is selected here, before pyplot is imported, so plotting works
-on headless training machines.
+the path it wrote. On headless training machines the Agg backend is selected here, before pyplot
+is imported; inside a Jupyter/Colab kernel, or when MPLBACKEND is set, the backend is left to the
+user so inline plots keep working.
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+  matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (must follow matplotlib.use)
 import numpy as np  # noqa: E402
 
