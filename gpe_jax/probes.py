@@ -8,7 +8,7 @@
 Each probe adds a table, a figure (``probe_<letter>_<name>.png``) and its numbers (key = the
 letter in ``numbers.json``) to the report in ``--workdir``:
 
-  (a) ``scaling``: the top eigenvalue of the GME Hessian and of the squared-distance (MDS-type)
+  (a) ``scaling``: the largest |eigenvalue| of the GME Hessian and of the squared-distance (MDS-type)
       cost's Hessian at embeddings beta * Z0, Z0 from a random and a trained encoder scaled to a
       median distance ratio of 1, for the betas of ``config.probes.betas``; in two spaces of
       directions: the embedded points Z themselves and linear maps A added to the encoder
@@ -55,7 +55,7 @@ from gpe_jax.stages import common as stage_common
 PROBES = {"a": "scaling", "b": "training", "c": "decoder", "d": "bilip", "e": "collapse"}
 VAE_VARIANT = "vae"
 # Scheduled Hessian evaluations per training run: encoders of (b), decoders of (c).
-ENCODER_HESSIANS = 40
+ENCODER_HESSIANS = 200
 DECODER_HESSIANS = 10
 
 
@@ -213,10 +213,11 @@ def probe_scaling(config, workdir: str, ctx, encs: Encoders) -> dict:
         ritz = hessian.ritz_extremes(*run(jnp.asarray(beta * z0, jnp.float32)))
         lmax.append(ritz["lambda_max"])
         lmin.append(ritz["lambda_min"])
+      radius = np.maximum(np.abs(lmin), np.abs(lmax))   # what bounds a stable step size
       big = betas >= 1
       entry[f"{cost}_{space}"] = {"lambda_max": lmax, "lambda_min": lmin,
-                                  "slope_beta_ge_1": _loglog_slope(betas[big],
-                                                                   np.array(lmax)[big])}
+                                  "radius": radius.tolist(),
+                                  "slope_beta_ge_1": _loglog_slope(betas[big], radius[big])}
     results[enc_name] = entry
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -228,10 +229,10 @@ def probe_scaling(config, workdir: str, ctx, encs: Encoders) -> dict:
       for cost, color in (("gme", "C0"), ("sqdist", "C1")):
         r = entry[f"{cost}_{space}"]
         label = f"{'GME' if cost == 'gme' else 'squared distances'}, {enc_name}"
-        ax.loglog(betas, np.maximum(r["lambda_max"], 1e-30), styles[enc_name], color=color,
+        ax.loglog(betas, r["radius"], styles[enc_name], color=color,
                   marker="o", ms=3, label=label)
     ax.set_xlabel("beta (embedding scale; median distance ratio = beta)")
-    ax.set_ylabel("largest Hessian eigenvalue")
+    ax.set_ylabel("largest |eigenvalue| of the Hessian")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
   axes[0].legend(fontsize=7)
@@ -249,12 +250,12 @@ def probe_scaling(config, workdir: str, ctx, encs: Encoders) -> dict:
       for space in ("points", "linear"):
         r = entry[f"{cost}_{space}"]
         rows.append([enc_name, "GME" if cost == "gme" else "squared distances", space] +
-                    [r["lambda_max"][int(np.searchsorted(betas, b))] for b in show] +
+                    [r["radius"][int(np.searchsorted(betas, b))] for b in show] +
                     [r["slope_beta_ge_1"]])
   table = common.markdown_table(
-      ["encoder", "cost", "directions"] + [f"lambda_max at beta {b:g}" for b in show] +
+      ["encoder", "cost", "directions"] + [f"max abs eigenvalue at beta {b:g}" for b in show] +
       ["log-log slope, beta >= 1"], rows)
-  summary = ("**(a)** Largest Hessian eigenvalue against the embedding scale beta: the "
+  summary = ("**(a)** Largest absolute Hessian eigenvalue against the embedding scale beta: the "
              "squared-distance cost's grows with log-log slope " +
              ", ".join(f"{results[e][f'sqdist_{s}']['slope_beta_ge_1']:.2f}"
                        for e in results for s in ("points", "linear")) +
@@ -265,7 +266,7 @@ def probe_scaling(config, workdir: str, ctx, encs: Encoders) -> dict:
              "linear-map directions.")
   return {"numbers": {"points": int(x.shape[0]), "lanczos_iters": iters, "encoders": results},
           "table": table, "summary": summary,
-          "caption": "(a) top Hessian eigenvalue of the GME and the squared-distance cost "
+          "caption": "(a) largest absolute Hessian eigenvalue of the GME and the squared-distance cost "
                      "against the embedding scale beta"}
 
 
@@ -368,7 +369,7 @@ def feature_decoder(z: np.ndarray, x: np.ndarray, num_features: int, key, gd_ste
   for _ in range(int(gd_steps)):
     grad = (-2.0 / (n * dim)) * phi.T @ (x - phi @ c)
     c -= grad / lam_max
-    curve.append((loss(c) - best) / max(start, 1e-30))
+    curve.append(max(loss(c) - best, 0.0) / max(start, 1e-30))
   return {"eigenvalues": evals, "lambda_min": lam_min, "lambda_max": lam_max,
           "condition": lam_max / lam_min if lam_min > 0 else math.inf,
           "gd_excess": curve[-1] if curve else 1.0, "gd_curve": curve}
@@ -398,7 +399,8 @@ def probe_decoder(config, workdir: str, ctx, encs: Encoders) -> dict:
     label = f"{r['name']} (GME {r['gme']:.3g})"
     ev = np.maximum(r["feat"]["eigenvalues"][::-1], 1e-30)
     axes[0].semilogy(np.arange(1, len(ev) + 1), ev, color=f"C{i}", label=label)
-    axes[1].semilogy(np.arange(1, len(r["feat"]["gd_curve"]) + 1), r["feat"]["gd_curve"],
+    axes[1].semilogy(np.arange(1, len(r["feat"]["gd_curve"]) + 1),
+                     np.maximum(r["feat"]["gd_curve"], 1e-16),
                      color=f"C{i}", label=label)
     axes[2].semilogy(r["curves"]["val_steps"], r["curves"]["val"], color=f"C{i}", label=label)
   axes[0].set_title(f"random-feature decoder ({int(probes.num_features)} features): "
