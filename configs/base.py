@@ -128,6 +128,7 @@ def get_config():
   h.which = "abcde"        # (a) GME vs MDS curvature against beta, (b) during encoder training,
   #                          (c) decoder conditioning, (d) weak bi-Lipschitz vs Markov,
   #                          (e) negative curvature at a collapsed map
+  h.encoder_checkpoint = ""  # a trained GPE encoder for (a) ('' = train one, as (b)-(d) do)
   h.points = 200           # held-out points per Hessian (the Hessian in Z is (n d) x (n d))
   h.lanczos_iters = 100    # Krylov dimension of the Lanczos runs
   h.dense_max = 2000       # below this dimension, also form the dense jax.hessian to check

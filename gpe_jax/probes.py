@@ -3,17 +3,18 @@
     python -m gpe_jax.probes --config=configs/default.py --workdir=runs/probes
     python -m gpe_jax.probes --config=configs/default.py:smoke --workdir=/tmp/probes
     python -m gpe_jax.probes --config=configs/fashion_mnist.py --workdir=runs/probes_fmnist \
-        --config.probes.which=ae --config.probes.encoder_checkpoint=runs/fashion_mnist/encoder/checkpoints
+        --config.probes.which=ae \
+        --config.probes.encoder_checkpoint=runs/fashion_mnist/encoder/checkpoints
 
 Each probe adds a table, a figure (``probe_<letter>_<name>.png``) and its numbers (key = the
 letter in ``numbers.json``) to the report in ``--workdir``:
 
-  (a) ``scaling``: the largest |eigenvalue| of the GME Hessian and of the squared-distance (MDS-type)
-      cost's Hessian at embeddings beta * Z0, Z0 from a random and a trained encoder scaled to a
-      median distance ratio of 1, for the betas of ``config.probes.betas``; in two spaces of
-      directions: the embedded points Z themselves and linear maps A added to the encoder
-      (Z0 + X A^T, the Lipschitz-normalised directions of Thm 3). Theory: the GME bound grows
-      like log beta, the squared cost's like beta^2.
+  (a) ``scaling``: the largest |eigenvalue| of the GME Hessian and of the squared-distance
+      (MDS-type) cost's Hessian at embeddings beta * Z0, Z0 from a random and a trained
+      encoder scaled to a median distance ratio of 1, for the betas of
+      ``config.probes.betas``; in two spaces of directions: the embedded points Z themselves
+      and linear maps A added to the encoder (Z0 + X A^T, the Lipschitz-normalised directions
+      of Thm 3). Theory: the GME bound grows like log beta, the squared cost's like beta^2.
   (b) ``training``: the extreme eigenvalues of the GME Hessian (in Z) on held-out points during
       the encoder's training, against the GME value (Thm 3: the lower end tends to 0 as the GME
       falls). Recorded by the encoder-stage evaluator ``hessian`` (``gpe_jax.evals.plugins``).
@@ -138,7 +139,7 @@ class Encoders:
   def trained_gpe(self):
     """(embed, label) of the final GPE encoder: ``config.probes.encoder_checkpoint`` or the
     encoder of (b)/(c)."""
-    path = str(self.config.probes.get("encoder_checkpoint", ""))
+    path = str(self.config.probes.encoder_checkpoint)
     if path:
       return encoders.frozen_embed(self.ctx, "gpe", os.path.abspath(path)), "trained GPE"
     enc, _ = self.gpe()
@@ -266,8 +267,8 @@ def probe_scaling(config, workdir: str, ctx, encs: Encoders) -> dict:
              "linear-map directions.")
   return {"numbers": {"points": int(x.shape[0]), "lanczos_iters": iters, "encoders": results},
           "table": table, "summary": summary,
-          "caption": "(a) largest absolute Hessian eigenvalue of the GME and the squared-distance cost "
-                     "against the embedding scale beta"}
+          "caption": "(a) largest absolute Hessian eigenvalue of the GME and the "
+                     "squared-distance cost against the embedding scale beta"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,10 +549,12 @@ def probe_collapse(config, workdir: str, ctx, encs: Encoders) -> dict:
   ritz = hessian.extreme_eigenpairs(*hessian.make_hvp(fn, z_c), int(probes.lanczos_iters),
                                     jax.random.key(config.seed))
   v = jnp.asarray(ritz["v_min"].reshape(n, d), jnp.float32)
-  # v is a unit vector over all n d coordinates: eps = sqrt(n) moves a point by ~1.
-  eps = np.linspace(-1.0, 1.0, 41) * math.sqrt(n)
-  line = np.array([float(fn(z_c + float(e) * v)) for e in eps])
   g0 = float(fn(z_c))
+  # Out to where the quadratic model predicts a 20% drop (v is a unit vector over all n d
+  # coordinates: eps = sqrt(n) would move an average point by ~1).
+  reach = min(math.sqrt(n), math.sqrt(0.4 * g0 / max(abs(ritz["lambda_min"]), 1e-30)))
+  eps = np.linspace(-1.0, 1.0, 41) * reach
+  line = np.array([float(fn(z_c + float(e) * v)) for e in eps])
   quad = g0 + 0.5 * ritz["lambda_min"] * np.square(eps)
   # Random linear maps A: curvature sum_ij -(4/n^2) W_ij |A(x_i - x_j)|^2 < 0 for every A that
   # does not annihilate all data differences.
@@ -580,7 +583,7 @@ def probe_collapse(config, workdir: str, ctx, encs: Encoders) -> dict:
   ax.set_xlabel("eps")
   ax.set_ylabel("GME")
   ax.legend(fontsize=8)
-  ax.set_title("the collapsed map is a saddle/maximum: GME falls along v_min", fontsize=9)
+  ax.set_title("not a local minimum: the GME falls along v_min", fontsize=9)
   fig.suptitle(f"{ctx.data.name}: Prop. 2 on {n} held-out points, latent dim {d}", fontsize=10)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, figure_name("e")), dpi=110)
