@@ -50,7 +50,7 @@ from gpe_jax import costs, models, train_loop  # noqa: E402
 
 GME_SIZES = ((100, 1024, 30), (1000, 1024, 30), (2000, 3072, 100))
 BLOCKWISE_SIZES = GME_SIZES[1:]
-BENCHMARKS = ("gme", "enc", "dec", "prior")
+BENCHMARKS = ("gme", "enc", "dec", "prior", "hessian")
 BATCH = 100
 IMAGE_SHAPE = (32, 32, 1)   # MNIST padded to 32x32, NHWC
 LATENT_DIM = 30
@@ -269,6 +269,29 @@ def bench_prior(iters: int) -> dict:
   return out
 
 
+def bench_hessian(iters: int) -> dict:
+  """Curvature tools: one Hessian-vector product of the GME cost and 100 Lanczos iterations at
+  n d = 10^5 (n = 2000, d = 50), and a dense jax.hessian at n d = 2000."""
+  from gpe_jax.evals import hessian
+  k0, k1 = jax.random.split(jax.random.key(4))
+  out = {}
+  for n, d, dim_x in ((2000, 50, 784),):
+    x = jax.random.uniform(k0, (n, dim_x), minval=-1.0, maxval=1.0)
+    z = jax.random.normal(k1, (n, d)) * 3.0
+    fn = hessian.make_embedding_cost(x, "gme")
+    hvp, dim = hessian.make_hvp(fn, z)
+    hvp = jax.jit(hvp)
+    v = jax.random.normal(k0, (dim,))
+    out[f"hvp_gme_nd{n * d}_s"] = median_seconds(lambda: hvp(v), iters)
+    lanczos = hessian.lanczos_at(fn, 100)
+    out[f"lanczos100_gme_nd{n * d}_s"] = median_seconds(lambda: lanczos(z), 3, warmup=1)
+  x = jax.random.uniform(k0, (200, 784), minval=-1.0, maxval=1.0)
+  z = jax.random.normal(k1, (200, 10))
+  dense = jax.jit(lambda z_: hessian.dense_hessian(hessian.make_embedding_cost(x, "gme"), z_))
+  out["dense_hessian_gme_nd2000_s"] = median_seconds(lambda: dense(z), 3, warmup=1)
+  return out
+
+
 def environment() -> dict:
   devices = jax.devices()
   return {"jax": jax.__version__, "backend": jax.default_backend(),
@@ -278,7 +301,7 @@ def environment() -> dict:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec,prior}",
+  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec,prior,hessian}",
                       help="benchmarks to run (default: all)")
   parser.add_argument("--variants", action="store_true",
                       help="also time the paper-style strided / ConvTranspose layers")
@@ -299,6 +322,8 @@ def main(argv=None) -> None:
     out.update(bench_dec(args.iters or 20, args.variants, args.iters or 10))
   if "prior" in which:
     out.update(bench_prior(args.iters or 20))
+  if "hessian" in which:
+    out.update(bench_hessian(args.iters or 10))
   print(json.dumps(out))
 
 
