@@ -84,6 +84,38 @@ def test_notebook_runs(name, kernel_env, tmp_path, monkeypatch):
   for fname in NOTEBOOKS[name]:
     path = workdir / fname
     assert path.is_file() and path.stat().st_size > 0, f"{name} did not write {fname}"
+  if name == "hessian_bounds.ipynb":
+    _check_probe_numbers(workdir / "numbers.json")
+
+
+def _check_probe_numbers(path):
+  """The notebook is also the smoke run of all five probes: check what each measured."""
+  import json
+  import math
+  with open(path) as f:
+    numbers = json.load(f)
+  assert set("abcde") <= set(numbers)
+  # (a) the squared-distance cost's curvature grows ~beta^2, the GME's does not grow.
+  for enc in numbers["a"]["encoders"].values():
+    for space in ("points", "linear"):
+      assert enc[f"sqdist_{space}"]["slope_beta_ge_1"] > 1.5
+      assert enc[f"gme_{space}"]["slope_beta_ge_1"] < 0.5
+  # (b) one Hessian evaluation per scheduled evaluation, ordered extremes.
+  b = numbers["b"]
+  assert len(b["steps"]) >= 2 and len(b["lambda_min"]) == len(b["steps"])
+  assert all(lo <= hi for lo, hi in zip(b["lambda_min"], b["lambda_max"]))
+  # (c) a finite condition number and a decoder curve per encoder (GPE stops + the VAE).
+  c = numbers["c"]["encoders"]
+  assert any(v["method"] == "vae" for v in c.values()) and len(c) >= 2
+  for v in c.values():
+    assert v["feature_lambda_max"] >= v["feature_lambda_min"] > 0
+    assert math.isfinite(v["feature_condition"]) and v["val_curve"]["steps"]
+  # (d) Markov's inequality on the very pairs it counts cannot fail.
+  assert all(v["same_pairs"]["bound_holds"] for v in numbers["d"]["encoders"].values())
+  # (e) Prop. 2: every non-translation direction has negative curvature.
+  e = numbers["e"]
+  assert e["negative_eigenvalues"] == e["expected_negative"]
+  assert e["grad_norm"] == 0.0 and e["gme_drop_along_v_min"] > 0
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
