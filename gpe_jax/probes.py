@@ -491,7 +491,7 @@ def probe_bilip(config, workdir: str, ctx, encs: Encoders) -> dict:
     c = r["curve"]
     ax.semilogy(c["alphas"], np.maximum(c["violating"], 1e-6), "o-", ms=3, color=f"C{i}",
                 label=f"{r['name']}: measured")
-    ax.semilogy(c["alphas"], c["bound"], "--", color=f"C{i}", label=f"  bound GME/(log a)^2")
+    ax.semilogy(c["alphas"], c["bound"], "--", color=f"C{i}", label="  bound GME/(log a)^2")
   ax.set_xlabel("alpha")
   ax.set_ylabel("fraction of held-out pairs not weakly alpha-bi-Lipschitz")
   ax.set_ylim(1e-6, 1.5)

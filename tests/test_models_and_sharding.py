@@ -59,6 +59,20 @@ def _sharded_steps(num_devices, make, batches):
   return jax.device_get(state), losses
 
 
+def assert_one_device_equals_eight(make, batches):
+  """Run the same steps on 1 and on 8 devices; losses and every state leaf must agree.
+  Returns the 1-device state."""
+  s1, l1 = _sharded_steps(1, make, batches)
+  s8, l8 = _sharded_steps(8, make, batches)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  flat1, flat8 = jax.tree.leaves(s1), jax.tree.leaves(s8)
+  assert len(flat1) == len(flat8)
+  for a, b in zip(flat1, flat8):
+    np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64),
+                               rtol=1e-4, atol=1e-6)
+  return s1
+
+
 def test_eight_fake_devices_are_there():
   assert jax.device_count() == 8, "conftest.py must set 8 fake CPU devices before JAX starts"
 
@@ -79,14 +93,7 @@ def test_train_step_one_device_equals_eight(stage):
     make = (decoder.make_init_fn(model, tx, 6), decoder.make_train_step(model, tx))
     batches = [{"z": rng.normal(size=(16, 6)).astype(np.float32),
                 "x": rng.uniform(-1, 1, (16,) + shape).astype(np.float32)} for _ in range(2)]
-  s1, l1 = _sharded_steps(1, make, batches)
-  s8, l8 = _sharded_steps(8, make, batches)
-  np.testing.assert_allclose(l8, l1, rtol=1e-5)
-  flat1, flat8 = jax.tree.leaves(s1), jax.tree.leaves(s8)
-  assert len(flat1) == len(flat8)
-  for a, b in zip(flat1, flat8):
-    np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64),
-                               rtol=1e-4, atol=1e-6)
+  s1 = assert_one_device_equals_eight(make, batches)
   # the step really trained: parameters moved
   assert int(s1.step) == 2
 
