@@ -245,12 +245,6 @@ def extreme_eigenpairs(matvec: Callable[[jax.Array], jax.Array], dim: int,
   return ritz_extremes(*run(key))
 
 
-def extreme_eigenvalues_dense(h: jax.Array) -> tuple[float, float]:
-  """(lambda_min, lambda_max) of a dense symmetric matrix (float64 on the host)."""
-  evals = np.linalg.eigvalsh(np.asarray(h, np.float64))
-  return float(evals[0]), float(evals[-1])
-
-
 # ----------------------------------------------------------------------------------------------
 # The reconstruction loss.
 
