@@ -14,8 +14,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
-class ConfigError(ValueError):
-  """A configuration that cannot run; the message says what to change."""
+from gpe_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 def maybe_initialize_distributed(coordinator_address: str, num_processes: int,

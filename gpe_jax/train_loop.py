@@ -30,18 +30,13 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from gpe_jax import logs, parallel
+from gpe_jax.errors import CheckpointError, NonFiniteError  # noqa: F401  (re-exported)
 
 # Test hook: SIGKILL this process right after the checkpoint of this step is committed, to
 # test that a killed run resumes exactly. Never set in normal use.
 KILL_ENV = "GPE_JAX_KILL_AT_STEP"
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be restored into the configured state."""
-
-
-class NonFiniteError(FloatingPointError):
-  """The training loss became NaN or Inf."""
 
 
 @flax.struct.dataclass

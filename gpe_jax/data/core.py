@@ -9,13 +9,7 @@ import dataclasses
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """Absent data or a bad data config.
-
-  The message is one paragraph that names the dataset, every place that was searched and
-  how to get the data (or fix the config), so a failed run tells the user what to do next.
-  """
+from gpe_jax.errors import DataError  # noqa: F401  (re-exported: data modules raise it)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
