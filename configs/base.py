@@ -123,7 +123,7 @@ def get_config():
   v.inception_weights = ""   # local .npz of the FID Inception-v3 (docs/inception.md)
   v.classifier = classifier_config()
 
-  # Hessian probes of the curvature bounds (PAPERS §1.6; python -m gpe_jax.probes).
+  # Hessian probes of the curvature bounds (PAPERS §1.6; python -m gpe_jax.experiments.probes).
   config.probes = h = ml_collections.ConfigDict()
   h.which = "abcde"        # (a) GME vs MDS curvature against beta, (b) during encoder training,
   #                          (c) decoder conditioning, (d) weak bi-Lipschitz vs Markov,

@@ -1,4 +1,4 @@
-"""The Hessian probes (gpe_jax/probes.py) and the scheduled curvature evaluators.
+"""The Hessian probes (gpe_jax/experiments/probes.py) and the scheduled curvature evaluators.
 
 The full smoke run of all five probes through ``probes.run`` happens in the notebook test
 (``notebooks/hessian_bounds.ipynb``); here: the probes that need no training, their pieces,
@@ -17,7 +17,7 @@ import pytest
 
 from configs import default
 from conftest import REPO, cli_env
-from gpe_jax import probes
+from gpe_jax.experiments import probes
 from gpe_jax.experiments import encoders
 
 
@@ -125,7 +125,7 @@ def test_unknown_plugin_and_probe_names_are_user_errors(cli, tmp_path):
   assert proc.returncode == 2
   assert "config.decoder.evals" in proc.stderr and "hesian" in proc.stderr
   proc = subprocess.run(
-      [sys.executable, "-m", "gpe_jax.probes", "--config=configs/default.py:smoke",
+      [sys.executable, "-m", "gpe_jax.experiments.probes", "--config=configs/default.py:smoke",
        f"--workdir={tmp_path / 'b'}", "--config.probes.which=az"], cwd=REPO, env=cli_env(),
       capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2

@@ -10,7 +10,7 @@ Prior-stage evaluators:
     quality can be followed during training.
 
 Encoder-stage evaluators (``config.encoder.evals``), the scheduled forms of the Hessian probes
-(``gpe_jax.probes``; PAPERS §1.2, §1.6), on the first ``config.probes.points`` held-out
+(``gpe_jax.experiments.probes``; PAPERS §1.2, §1.6), on the first ``config.probes.points`` held-out
 examples:
   * ``hessian``: extreme eigenvalues of the GME Hessian w.r.t. the embedded points (Lanczos on
     Hessian-vector products): ``hess_gme_min``, ``hess_gme_max``, and ``hess_gme_batch``, the

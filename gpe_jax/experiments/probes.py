@@ -1,8 +1,8 @@
 """Hessian probes of the GPE paper's curvature statements (PAPERS §1.2, §1.6), one command.
 
-    python -m gpe_jax.probes --config=configs/default.py --workdir=runs/probes
-    python -m gpe_jax.probes --config=configs/default.py:smoke --workdir=/tmp/probes
-    python -m gpe_jax.probes --config=configs/fashion_mnist.py --workdir=runs/probes_fmnist \
+    python -m gpe_jax.experiments.probes --config=configs/default.py --workdir=runs/probes
+    python -m gpe_jax.experiments.probes --config=configs/default.py:smoke --workdir=/tmp/probes
+    python -m gpe_jax.experiments.probes --config=configs/fashion_mnist.py --workdir=runs/probes_fmnist \
         --config.probes.which=ae \
         --config.probes.encoder_checkpoint=runs/fashion_mnist/encoder/checkpoints
 
@@ -646,4 +646,4 @@ def run(config, workdir: str) -> common.Report:
 
 
 if __name__ == "__main__":
-  common.main(run, "gpe_jax.probes")
+  common.main(run, "gpe_jax.experiments.probes")
