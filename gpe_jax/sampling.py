@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpe_jax import rng
+
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 METHODS = ("euler", "heun", "rk4")
@@ -323,7 +325,7 @@ def generate(latent_sampler, params, decode, num: int, latent_dim: int, seed: in
   Returns:
     (z0 [num, d], z [num, d], x [num, ...] or None, mean NFE per sample).
   """
-  z0 = np.random.default_rng([seed, 0x5A4]).standard_normal((num, latent_dim)).astype(
+  z0 = rng.stream(seed, "sample.generate").standard_normal((num, latent_dim)).astype(
       np.float32)
   zs, xs, nfes = [], [], []
   for i in range(0, num, batch_size):

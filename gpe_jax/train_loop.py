@@ -16,6 +16,7 @@ reproduces an uninterrupted one exactly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -26,11 +27,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from gpe_jax import logs, parallel
-from gpe_jax.errors import CheckpointError, NonFiniteError  # noqa: F401  (re-exported)
+from gpe_jax.errors import CheckpointError, Interrupted, NonFiniteError  # noqa: F401
 
 # Test hook: SIGKILL this process right after the checkpoint of this step is committed, to
 # test that a killed run resumes exactly. Never set in normal use.
@@ -62,6 +64,34 @@ class TrainState:
   def step_key(self) -> jax.Array:
     """The PRNG key of the current step: fold_in(base key, step)."""
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+  def apply_gradients(self, tx, grads, ema_decay: float = 0.0, **changes) -> "TrainState":
+    """The update tail of every train step: one optimiser step on ``grads``, step + 1.
+
+    Args:
+      tx: the stage's optax transformation (the one ``opt_state`` was made by).
+      grads: gradients, same tree as ``params``.
+      ema_decay: when > 0 (and the state keeps an EMA), also move ``ema_params`` towards the
+        new parameters with the warm-up decay ``min(ema_decay, (1 + s) / (10 + s))``, s the
+        step before this update, so early averages are not dominated by the initialisation.
+      **changes: further fields to replace (e.g. ``batch_stats``).
+
+    Returns:
+      The new state (this one is not modified).
+    """
+    updates, opt_state = tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    ema = self.ema_params
+    if ema_decay and ema:
+      s = self.step.astype(jnp.float32)
+      decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
+      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                        **changes)
+
+  def sampling_params(self):
+    """The weights to sample or evaluate with: the EMA where the stage keeps one."""
+    return self.ema_params if self.ema_params else self.params
 
 
 def new_state(key: jax.Array, params, batch_stats, tx, ema: bool = False) -> TrainState:
@@ -111,30 +141,78 @@ def abstract_with_sharding(abstract_state, sharding):
                       abstract_state)
 
 
+def checkpoint_steps(ckpt_dir: str) -> list[int]:
+  """The finalised checkpoint steps in an orbax directory (ascending; [] when none)."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+
+
+def _leaf_shapes(tree) -> dict:
+  """{'a/b/c': shape} of a pytree of arrays, ShapeDtypeStructs or orbax array metadata."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    out["/".join(keys)] = tuple(getattr(leaf, "shape", ()) or ())
+  return out
+
+
+def describe_mismatch(ckpt_dir: str, step: int, abstract_state) -> str:
+  """How the checkpoint at ``step`` differs in its parameter shapes from ``abstract_state``
+  ('' when they agree, i.e. the checkpoint was written by this config)."""
+  with ocp.CheckpointManager(ckpt_dir) as mngr:
+    meta = mngr.item_metadata(step)
+  tree = getattr(meta, "tree", meta)
+  saved = _leaf_shapes(tree.get("params", {}) if isinstance(tree, dict) else {})
+  wanted = _leaf_shapes(abstract_state.params)
+  diffs = [f"{k}: checkpoint {saved.get(k)} vs this config {wanted.get(k)}"
+           for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  if diffs:
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return "parameter shapes differ: " + "; ".join(diffs[:3]) + more
+  all_saved = sorted(_leaf_shapes(tree).values()) if isinstance(tree, dict) else []
+  if all_saved and all_saved != sorted(_leaf_shapes(abstract_state).values()):
+    return ("the parameters agree but the optimiser state does not (another optimiser, "
+            "grad_clip or EMA setting)")
+  return ""
+
+
 def restore_checkpoint(ckpt_dir: str, abstract_state, mesh, step: int | None = None,
                        what: str = "") -> TrainState:
   """Restore a TrainState (replicated on ``mesh``) from an orbax directory.
 
   Raises:
-    CheckpointError: with the directory, the step and the cause, when there is no checkpoint
-      or it does not fit the configured model (e.g. a changed latent_dim).
+    CheckpointError: with the directory and the step when there is no checkpoint; when it was
+      written by another config (the differing parameter shapes are named); or when it is
+      corrupt (the message gives the command that drops that step, so the run resumes from
+      the previous one).
   """
   target = abstract_with_sharding(abstract_state, parallel.replicated(mesh))
   with ocp.CheckpointManager(ckpt_dir) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
-      raise CheckpointError(f"No checkpoint found in {ckpt_dir}{what}. Run the stage that "
-                            "writes it first (list it in config.stages), or point the config "
-                            "at a directory that holds one.")
+      raise CheckpointError(f"No checkpoint found in {ckpt_dir}{what}.")
     try:
       return mngr.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # orbax raises many types; all mean the same to a user
-      raise CheckpointError(
-          f"The checkpoint at step {step} in {ckpt_dir} cannot be restored into the state "
-          f"this config builds{what} ({type(e).__name__}: {str(e)[:500]}). Most often the "
-          "model config (latent_dim, widths, kind) differs from the run that wrote it. Use "
-          "the original config, or a new --workdir to start afresh; the checkpoint is left "
-          "untouched.") from e
+    except Exception as e:  # orbax raises many types; sort them into the two a user can fix
+      cause = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+  try:
+    mismatch = describe_mismatch(ckpt_dir, step, abstract_state)
+  except Exception:  # unreadable metadata: the step itself is damaged
+    mismatch = ""
+  if mismatch:
+    raise CheckpointError(
+        f"The checkpoint at step {step} in {ckpt_dir}{what} was written by another config: "
+        f"{mismatch}. Most often the model config (latent_dim, widths, kind) differs from the "
+        "run that wrote it. Rerun with the original config, or use another --workdir; the "
+        "checkpoint is left untouched.")
+  earlier = [s for s in checkpoint_steps(ckpt_dir) if s < step]
+  then = (f"the run then resumes from step {earlier[-1]}, the previous checkpoint" if earlier
+          else "the stage then trains again from step 0 (there is no earlier checkpoint)")
+  raise CheckpointError(
+      f"The checkpoint at step {step} in {ckpt_dir}{what} is corrupt and cannot be read "
+      f"({cause}). Delete that step and rerun the same command: rm -r '{ckpt_dir}/{step}'; "
+      f"{then}.")
 
 
 def _check_finite(stage: str, step: int, loss: float, last_ok: int) -> None:
@@ -153,7 +231,7 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
   timing_path = os.path.join(workdir, stage.name, "timing.json")
   os.makedirs(os.path.dirname(ckpt_dir), exist_ok=True)
   rep = parallel.replicated(mesh)
-  key = jax.random.fold_in(jax.random.key(seed), _stage_salt(stage.name))
+  key = jax.random.fold_in(jax.random.key(seed), stage_salt(stage.name))
 
   abstract = jax.eval_shape(stage.init_fn, key)
   state_sharding = jax.tree.map(lambda _: rep, abstract)
@@ -233,6 +311,12 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
         save(step)
       if reached:
         break
+  except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the command line
+    saved = mngr.latest_step()
+    raise Interrupted(
+        f"Interrupted at step {step} of stage '{stage.name}' (last checkpoint: "
+        f"{'none' if saved is None else f'step {saved}'}). Rerun the same command to resume "
+        "from the last checkpoint; finished stages are kept.", stage.name, step, saved) from None
   finally:
     bar.close()
     mngr.wait_until_finished()
@@ -244,9 +328,21 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
                 eval_metrics=eval_metrics)
 
 
-def _stage_salt(name: str) -> int:
-  """A stable integer per stage name, so stages draw independent keys from one seed."""
-  return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") % (2 ** 31)
+# The salts of the stages that existed when salts were the first 4 bytes of the name: kept as
+# they were, so those stages' keys (and every number they produce) stay the same.
+_PINNED_SALTS = {"encoder": 1868787301, "decoder": 1868784996, "vae": 6644086,
+                 "ae": 25953, "vae_mds": 1600479606, "ae_mds": 1834968417,
+                 "prior": 1869181552}
+
+
+def stage_salt(name: str) -> int:
+  """A stable integer in [0, 2^31) per stage name, so stages draw independent keys from one
+  seed: the first 4 bytes of SHA-256 of the whole name (``wgan_gp`` and ``wgan_div`` differ),
+  or the pinned salt of a stage that predates this rule."""
+  if name in _PINNED_SALTS:
+    return _PINNED_SALTS[name]
+  digest = hashlib.sha256(name.encode()).digest()
+  return int.from_bytes(digest[:4], "little") % (2 ** 31)
 
 
 def learning_rate(stage_cfg):

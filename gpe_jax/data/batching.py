@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from gpe_jax import rng
 from gpe_jax.data.core import DataError
 
 
@@ -28,7 +29,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """int64 ``[num_examples]`` order of epoch ``epoch``: ``default_rng([seed, epoch])``."""
   if seed < 0 or epoch < 0:
     raise DataError(f'The data seed and epoch must be >= 0; got seed={seed}, epoch={epoch}.')
-  return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int64)
+  return np.random.default_rng(rng.data_order_key(seed, epoch)).permutation(num_examples).astype(np.int64)
 
 
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from matplotlib import pyplot as plt
 
-from gpe_jax import models, parallel, plots, train_loop
+from gpe_jax import models, parallel, plots, rng, train_loop
 from gpe_jax.data import load_dataset
 from gpe_jax.experiments import common
 from gpe_jax.stages import baselines, decoder, encoder, prior
@@ -122,9 +122,9 @@ def build_steps(config, x: np.ndarray) -> dict:
   shape = tuple(x.shape[1:])
   d = int(config.model.latent_dim)
   bsz = x.shape[0]
-  rng = np.random.default_rng([int(config.seed), 0x7AB2])
-  z = rng.standard_normal((bsz, d)).astype(np.float32)
-  z0 = rng.standard_normal((bsz, d)).astype(np.float32)
+  gen = rng.stream(int(config.seed), "table2.latents")
+  z = gen.standard_normal((bsz, d)).astype(np.float32)
+  z0 = gen.standard_normal((bsz, d)).astype(np.float32)
   steps = {}
 
   model, tx = encoder.build(config, shape)
@@ -189,9 +189,9 @@ def run(config, workdir: str) -> common.Report:
   bsz = int(config.data.batch_size)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(bsz, mesh)
-  rng = np.random.default_rng([int(config.seed), 0x7AB1])
+  gen = rng.stream(int(config.seed), "table2.batch")
   n_train = data.x_train.shape[0]
-  idx = rng.choice(n_train, size=bsz, replace=n_train < bsz)
+  idx = gen.choice(n_train, size=bsz, replace=n_train < bsz)
   x = np.ascontiguousarray(data.x_train[idx])
   shape, name = data.example_shape, data.name
   del data

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from gpe_jax import logs, plots
+from gpe_jax import logs, plots, rng
 from gpe_jax.evals import features, quality
 from gpe_jax.stages import common, latent, prior, sample
 
@@ -64,10 +64,10 @@ def run(ctx: common.Context) -> dict:
   autoencoder = latent.load(ctx)
   decode = autoencoder.decode
   bsz = int(cfg.sample.batch_size)
-  rng = np.random.default_rng([cfg.seed, 0xE7A])
-  z_noise = rng.standard_normal((n, cfg.model.latent_dim)).astype(np.float32)
+  gen = rng.stream(cfg.seed, "evaluate.sets")
+  z_noise = gen.standard_normal((n, cfg.model.latent_dim)).astype(np.float32)
   x_noprior = common.batched_apply(decode, z_noise, bsz)
-  floor_idx = np.sort(rng.permutation(n_train)[:n])
+  floor_idx = np.sort(gen.permutation(n_train)[:n])
   x_floor = data.x_train[floor_idx]
   x_recon = common.batched_apply(decode, autoencoder.embed(x_floor), bsz)
   sets = {"prior": x_prior, "noprior": x_noprior, "recon": x_recon, "floor": x_floor}

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from scipy.optimize import linear_sum_assignment
 
-from gpe_jax import costs, models, train_loop
+from gpe_jax import costs, models, rng, train_loop
 from gpe_jax.stages import common
 
 NAME = "prior"
@@ -63,8 +63,8 @@ class PriorBatches:
   def __call__(self, step: int) -> dict:
     batch = self.sampler(step)
     z1 = batch["z1"]
-    rng = np.random.default_rng([self.seed, step, jax.process_index(), 0x9E1])
-    z0 = rng.standard_normal(z1.shape).astype(np.float32)
+    gen = rng.prior_noise(self.seed, step, jax.process_index())
+    z0 = gen.standard_normal(z1.shape).astype(np.float32)
     if self.ot:
       z0 = ot_coupling(z0, z1)
     return {"z1": z1, "z0": z0}
@@ -132,12 +132,12 @@ def load_trained(ctx: common.Context):
 
 def make_fm_eval(model, z_test: np.ndarray, batch_size: int, seed: int):
   """Held-out CFM loss with fixed noise and times (comparable across evaluations)."""
-  rng = np.random.default_rng([seed, 0xE7A1])
+  gen = rng.stream(seed, "prior.heldout")
   n = max(batch_size, z_test.shape[0] // batch_size * batch_size)
   n = min(n, z_test.shape[0])
   z1 = z_test[:n]
-  z0 = rng.standard_normal(z1.shape).astype(np.float32)
-  t = rng.uniform(size=(n,)).astype(np.float32)
+  z0 = gen.standard_normal(z1.shape).astype(np.float32)
+  t = gen.uniform(size=(n,)).astype(np.float32)
 
   @jax.jit
   def batch_loss(params, z0b, z1b, tb):

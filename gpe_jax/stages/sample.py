@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from gpe_jax import logs, plots, sampling
+from gpe_jax import logs, plots, rng, sampling
 from gpe_jax.stages import common, latent, prior
 
 NAME = "sample"
@@ -95,7 +95,7 @@ def load_generator(ctx: common.Context, method=None, num_steps=None):
 def compare_solvers(ctx: common.Context, velocity, params, num: int = 256) -> dict:
   """NFE, seconds and RMS latent error of each integrator against a tight dopri5 solution."""
   cfg = ctx.config.sample
-  z0 = np.random.default_rng([ctx.config.seed, 0x501]).standard_normal(
+  z0 = rng.stream(ctx.config.seed, "sample.solvers").standard_normal(
       (num, ctx.config.model.latent_dim)).astype(np.float32)
   ref_fn = sampling.make_latent_sampler(velocity, method="dopri5", t0=cfg.t0, t1=cfg.t1,
                                         rtol=1e-6, atol=1e-6, max_steps=4000)
@@ -154,9 +154,9 @@ def run(ctx: common.Context) -> dict:
     x_lines = common.batched_apply(decode, lines, cfg.batch_size)
     plots.image_grid(x_lines, os.path.join(out_dir, "interpolation_latent.png"), nrow=steps,
                      title=f"{name}: decoded straight lines between held-out latents")
-  rng = np.random.default_rng([ctx.config.seed, 0x1A7])
-  na = rng.standard_normal((pairs, z.shape[1])).astype(np.float32)
-  nb = rng.standard_normal((pairs, z.shape[1])).astype(np.float32)
+  gen = rng.stream(ctx.config.seed, "sample.interpolation")
+  na = gen.standard_normal((pairs, z.shape[1])).astype(np.float32)
+  nb = gen.standard_normal((pairs, z.shape[1])).astype(np.float32)
   arcs = sampling.slerp(na, nb, steps).reshape(-1, z.shape[1])
   z_arcs = common.batched_apply(lambda b: latent_sampler(params, b)[0], arcs, cfg.batch_size)
   x_arcs = common.batched_apply(decode, z_arcs, cfg.batch_size)
