@@ -40,6 +40,7 @@ VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 METHODS = ("euler", "heun", "rk4")
 ADAPTIVE_METHODS = ("dopri5",)
+SOLVERS = METHODS + ADAPTIVE_METHODS
 _NFE_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 
 # Dormand-Prince 5(4) Butcher tableau. The 7th stage is evaluated at the new (5th-order)

@@ -160,7 +160,7 @@ def _leaf_shapes(tree) -> dict:
 def describe_mismatch(ckpt_dir: str, step: int, abstract_state) -> str:
   """How the checkpoint at ``step`` differs in its parameter shapes from ``abstract_state``
   ('' when they agree, i.e. the checkpoint was written by this config)."""
-  with ocp.CheckpointManager(ckpt_dir) as mngr:
+  with ocp.CheckpointManager(ckpt_dir, item_handlers=ocp.StandardCheckpointHandler()) as mngr:
     meta = mngr.item_metadata(step)
   tree = getattr(meta, "tree", meta)
   saved = _leaf_shapes(tree.get("params", {}) if isinstance(tree, dict) else {})

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpe_jax.data import Dataset
 from gpe_jax.evals.classifier import FeatureExtractor, default_cache_dir, get_classifier
-from gpe_jax.parallel import ConfigError
+from gpe_jax.errors import ConfigError
 
 EXTRACTORS = ("classifier", "pixels", "inception")
 
@@ -72,3 +72,27 @@ def validate_names(names, where: str) -> None:
   if bad:
     raise ConfigError(f"{where} names unknown feature extractor(s) {bad}; choose from "
                       f"{EXTRACTORS}.")
+
+
+def validate_extractors(names, data: Dataset, eval_cfg, where: str) -> None:
+  """Everything about the extractors that can be checked before training: the names, the
+  Inception weights file (opened and converted), and features that need what the data lacks
+  (labels for the classifier, images for Inception).
+
+  Raises:
+    ConfigError: with the fix.
+  """
+  validate_names(names, where)
+  if "classifier" in names and (data.y_train is None or data.y_test is None):
+    others = tuple(n for n in names if n != "classifier") or ("pixels",)
+    raise ConfigError(
+        f"{where} lists 'classifier', a classifier trained on the dataset's labels, but "
+        f"{data.name!r} ({data.source}) has no labels. Measure in a label-free feature space: "
+        f"--config.evaluate.extractors=\"{others!r}\" (or 'inception' with "
+        "--config.evaluate.inception_weights).")
+  if "inception" in names:
+    if not data.is_image:
+      raise ConfigError(f"{where} lists 'inception', which needs images, but {data.name!r} "
+                        f"holds vectors of shape {data.example_shape}; use 'pixels' instead.")
+    from gpe_jax.evals import inception
+    inception.load_variables(eval_cfg.inception_weights)

@@ -379,9 +379,8 @@ def load_variables(path: str | os.PathLike | None) -> dict[str, Any]:
     Flax variables ``{"params", "batch_stats"}`` (see ``convert_state_dict``).
 
   Raises:
-    ConfigError: ``path`` is empty, does not exist, or is a ``.pth`` file (says how to make the
-      ``.npz``).
-    ValueError: the file's tensors do not fit the network (see ``convert_state_dict``).
+    ConfigError: ``path`` is empty, does not exist, is a ``.pth`` file, is not a readable
+      ``.npz``, or its tensors do not fit the network (says how to make the ``.npz``).
   """
   path = os.fspath(path) if path else ""
   if not path:
@@ -391,9 +390,14 @@ def load_variables(path: str | os.PathLike | None) -> dict[str, Any]:
   if path.endswith((".pth", ".pt")):
     raise ConfigError(_MISSING_WEIGHTS_MESSAGE.format(
         why=f" ({path!r} is a torch file; it must be converted to .npz first)"))
-  with np.load(path, allow_pickle=False) as data:
-    state_dict = {k: data[k] for k in data.files}
-  return convert_state_dict(state_dict)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      state_dict = {k: data[k] for k in data.files}
+    return convert_state_dict(state_dict)
+  except Exception as e:  # not an npz, a torn file, or tensors that do not fit the network
+    raise ConfigError(_MISSING_WEIGHTS_MESSAGE.format(
+        why=f" ({path!r} is not a usable weights file: {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})")) from None
 
 
 # ------------------------------------------------------------------------------------------

@@ -24,17 +24,19 @@ Decoder-stage evaluator (``config.decoder.evals``):
     parameters on held-out (latent, image) pairs: ``hess_recon_min``, ``hess_recon_max``.
 These run every ``config.<stage>.evals_every`` steps (0: at every evaluation) and at the end.
 
-Each evaluator is a closure ``state -> {name: float}`` that jits its own pure functions; the
-decoder, the extractor and the reference features are built on first use.
+Each evaluator is a closure ``state -> {name: float}`` that jits its own pure functions. The
+stage hands evaluators what they need as hooks (an embedding or decoding function, a
+``generate(state, num)`` for samples, the held-out data in ``ctx.data``); this module imports no
+stage. Extractors and reference features are built on first use.
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from gpe_jax import costs, sampling
+from gpe_jax import costs
 from gpe_jax.evals import features, frechet, geometry, hessian
-from gpe_jax.parallel import ConfigError
+from gpe_jax.errors import ConfigError
 
 PRIOR_EVALUATORS = ("fm_loss",) + tuple(f"fd_{e}" for e in features.EXTRACTORS)
 ENCODER_EVALUATORS = ("hessian", "hessian_mds", "bilip")
@@ -48,29 +50,28 @@ def check_names(names, known, where: str) -> None:
     raise ConfigError(f"{where} names unknown evaluator(s) {unknown}; choose from {known}.")
 
 
-def build_prior_evaluators(ctx, velocity_model, names) -> list:
+def build_prior_evaluators(ctx, names, generate) -> list:
   """Closures ``state -> dict`` for the scheduled evaluators of the prior stage.
+
+  Args:
+    ctx: the run context (config, held-out data).
+    names: evaluator names (``PRIOR_EVALUATORS``).
+    generate: hook ``(state, num) -> x [num, ...]``: decoded samples of the state's
+      sampling weights (the prior stage builds it from the method's decoder).
 
   Raises:
     ConfigError: an unknown evaluator name.
   """
   check_names(names, PRIOR_EVALUATORS, "config.prior.evals")
-  return [_fd_evaluator(ctx, velocity_model, n[len("fd_"):]) for n in names
-          if n.startswith("fd_")]
+  return [_fd_evaluator(ctx, generate, n[len("fd_"):]) for n in names if n.startswith("fd_")]
 
 
-def _fd_evaluator(ctx, velocity_model, extractor_name: str):
-  from gpe_jax.stages import latent, prior
+def _fd_evaluator(ctx, generate, extractor_name: str):
   cfg = ctx.config
   num = int(cfg.prior.eval_samples)
-  sampler = sampling.make_latent_sampler(velocity_model, method=cfg.prior.eval_method,
-                                         num_steps=int(cfg.prior.eval_ode_steps),
-                                         t0=cfg.sample.t0, t1=cfg.sample.t1,
-                                         rtol=cfg.sample.rtol, atol=cfg.sample.atol)
   lazy = {}
 
   def setup():
-    lazy["decode"] = latent.load(ctx).decode
     ext = features.get_extractor(extractor_name, ctx.data, cfg.evaluate)
     lazy["extractor"] = ext
     ref = ctx.data.x_test[:min(num, int(cfg.evaluate.num_reference))]
@@ -79,9 +80,7 @@ def _fd_evaluator(ctx, velocity_model, extractor_name: str):
   def evaluate(state) -> dict:
     if not lazy:
       setup()
-    _, _, x, _ = sampling.generate(sampler, prior.sampling_params(state), lazy["decode"], num,
-                                   cfg.model.latent_dim, cfg.seed, cfg.sample.batch_size)
-    mu, cov = frechet.gaussian_stats_np(lazy["extractor"].fn(x))
+    mu, cov = frechet.gaussian_stats_np(lazy["extractor"].fn(generate(state, num)))
     return {f"fd_{extractor_name}": float(frechet.frechet_distance_np(*lazy["ref"], mu, cov))}
   return evaluate
 

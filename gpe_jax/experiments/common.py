@@ -135,28 +135,20 @@ def write_report(workdir: str, report: Report, command: str, seconds: float) -> 
 
 
 def main(run: Callable, module: str) -> None:
-  """Command line of an experiment module: ``--config`` (``configs/NAME.py[:smoke]``) and
-  ``--workdir``; user errors print one paragraph and exit 2, like ``gpe_jax.main``."""
-  from absl import app, flags
-  from ml_collections import config_flags
+  """Command line of an experiment module (``gpe_jax.cli``): ``--config``
+  (``configs/NAME.py[:smoke]``) and ``--workdir`` (required); runs ``run(config, workdir)``
+  holding the workdir's lock, then writes report.md and numbers.json. Failures a user can fix
+  print one paragraph and exit 2 (130 when interrupted), like ``gpe_jax.main``."""
+  from gpe_jax import cli
 
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:smoke]).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where the variants, figures and report.md go.")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-  def _main(argv):
-    del argv
-    logs.setup_logging()
-    cfg, workdir = flags.FLAGS.config, os.path.abspath(flags.FLAGS.workdir)
-    os.makedirs(workdir, exist_ok=True)
+  def body(cfg, workdir: str) -> None:
+    workdir = os.path.abspath(workdir)
     command = " ".join(["python -m", module] + sys.argv[1:])
-    t0 = time.perf_counter()
-    try:
+    with logs.workdir_lock(workdir, what=f"python -m {module}"):
+      os.makedirs(workdir, exist_ok=True)  # on every process (the lock is process 0's)
+      t0 = time.perf_counter()
       report = run(cfg, workdir)
-    except pipeline.USER_ERRORS as e:
-      print(f"\ngpe_jax error ({type(e).__name__}): {e}", file=sys.stderr)
-      sys.exit(2)
-    path = write_report(workdir, report, command, time.perf_counter() - t0)
+      path = write_report(workdir, report, command, time.perf_counter() - t0)
     print(f"report: {path}")
-  app.run(_main)
+
+  cli.run(body, module, require_workdir=True)

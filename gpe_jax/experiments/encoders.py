@@ -25,7 +25,6 @@ the latent statistics of each frozen encoder computed from its own embeddings.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -33,10 +32,10 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gpe_jax import costs, parallel, train_loop
+from gpe_jax import autoencoders, costs, parallel, train_loop
 from gpe_jax.data import iterate_eval_batches, load_dataset
 from gpe_jax.experiments import common
-from gpe_jax.stages import baselines, encoder
+from gpe_jax.errors import ConfigError
 from gpe_jax.stages import common as stage_common
 
 ENCODER_VARIANT = "gpe_encoder"
@@ -64,11 +63,11 @@ def train_gpe_encoder(config, workdir: str) -> dict:
   summary = common.run_variant(config, workdir, ENCODER_VARIANT,
                                **_encoder_overrides(config))
   run_dir = os.path.join(workdir, ENCODER_VARIANT)
-  steps, gme = common.curve(run_dir, encoder.NAME, "val_gme")
+  steps, gme = common.curve(run_dir, "encoder", "val_gme")
   if not len(steps):
     raise RuntimeError(f"{run_dir}/metrics.jsonl holds no held-out GME of the encoder.")
-  return {"run_dir": run_dir, "ckpt_dir": train_loop.checkpoint_dir(run_dir, encoder.NAME),
-          "steps": steps, "val_gme": gme, "summary": summary.get(encoder.NAME, {})}
+  return {"run_dir": run_dir, "ckpt_dir": train_loop.checkpoint_dir(run_dir, "encoder"),
+          "steps": steps, "val_gme": gme, "summary": summary.get("encoder", {})}
 
 
 def pick_stops(steps: np.ndarray, gme: np.ndarray, fractions) -> list[dict]:
@@ -116,13 +115,13 @@ def stopped_encoder(config, workdir: str, enc: dict, stop: dict) -> dict:
   target = max(stop["gme"], min(stop["level"] * (1 + 1e-9), stop["gme"] * (1 + 1e-6)))
   name = f"{ENCODER_VARIANT}_stop{stop['step']}"
   summary = common.run_variant(config, workdir, name,
-                               **_encoder_overrides(config, target))[encoder.NAME]
+                               **_encoder_overrides(config, target))["encoder"]
   run_dir = os.path.join(workdir, name)
   step = int(summary["steps"])
   if step != stop["step"]:
     logging.warning("%s: the rerun stopped at step %d, not %d (GME %.6g); using it", name, step,
                     stop["step"], summary.get("val_gme", float("nan")))
-  return {"ckpt_dir": train_loop.checkpoint_dir(run_dir, encoder.NAME), "step": step,
+  return {"ckpt_dir": train_loop.checkpoint_dir(run_dir, "encoder"), "step": step,
           "curve_gme": float(summary.get("val_gme", stop["gme"])), "run": name}
 
 
@@ -169,28 +168,31 @@ def load_context(config) -> stage_common.Context:
       config.num_devices), data=load_dataset(config.data), writer=None)
 
 
-def frozen_embed(ctx: stage_common.Context, method: str, ckpt_dir: str):
-  """``x [B, ...] -> T(x) [B, d]`` (raw, unnormalised; a VAE's mean) of the frozen encoder in
-  ``ckpt_dir`` (latest step): ``method`` is 'gpe' or a baseline's name.
+def frozen_embed(ctx: stage_common.Context, ckpt_dir: str):
+  """``x [B, ...] -> T(x) [B, d]`` (raw, unnormalised; a VAE's mean) of the frozen encoder
+  whose stage wrote ``ckpt_dir`` (read back from that stage's manifest, at its exact step).
 
-  Restoring also checks the checkpoint: a folder that cannot be restored raises
-  ``train_loop.CheckpointError``.
+  Raises:
+    ConfigError / CheckpointError: no manifest there, or its checkpoint cannot be read.
   """
-  shape = ctx.data.example_shape
-  if method == "gpe":
-    model, params, batch_stats = encoder.load_frozen(ctx.config, shape, ckpt_dir, ctx.mesh)
-    return functools.partial(stage_common.inference_fn(model), params, batch_stats)
-  enc, _, params, batch_stats = baselines.load_trained(ctx, method, ckpt_dir)
-  return baselines.embed_fn(enc, params, batch_stats, method in baselines.VARIATIONAL)
+  stage_dir = os.path.dirname(os.path.abspath(ckpt_dir).rstrip(os.sep))
+  manifest = autoencoders.read_manifest(stage_dir)
+  if manifest is None or manifest.get("encoder") is None:
+    raise ConfigError(f"{stage_dir} holds no trained encoder (no {autoencoders.MANIFEST}); "
+                      "give the checkpoints of a finished encoder stage (rerun an older "
+                      "workdir's command once to write its manifest).")
+  return autoencoders.Autoencoder(stage_dir, dict(manifest, decoder=None),
+                                  os.path.dirname(stage_dir),
+                                  ctx.config.data.batch_size).embed_fn
 
 
-def heldout_gme(ctx: stage_common.Context, method: str, ckpt_dir: str) -> float:
-  """Held-out GME of the frozen encoder in ``ckpt_dir`` (latest step), measured exactly as the
-  encoder stage's ``val_gme``: mean over held-out minibatches of the training batch size.
-  A checkpoint that cannot be restored raises before any decoder trains on it."""
+def heldout_gme(ctx: stage_common.Context, ckpt_dir: str) -> float:
+  """Held-out GME of the frozen encoder in ``ckpt_dir`` (its manifest's step), measured
+  exactly as the encoder stage's ``val_gme``: mean over held-out minibatches of the training
+  batch size. A checkpoint that cannot be restored raises before any decoder trains on it."""
   cfg, data = ctx.config, ctx.data
   bsz = cfg.data.batch_size
-  embed = frozen_embed(ctx, method, ckpt_dir)
+  embed = frozen_embed(ctx, ckpt_dir)
   x_eval = np.stack(list(iterate_eval_batches(data.x_test, bsz, cfg.eval.num_examples)))
   z = stage_common.batched_apply(embed, x_eval.reshape((-1,) + data.example_shape), bsz)
   z = z.reshape(x_eval.shape[:2] + (-1,))
@@ -213,7 +215,7 @@ def frozen_gpe_encoders(config, workdir: str, ctx, fractions) -> tuple[dict, lis
     frozen = stopped_encoder(config, workdir, enc, stop)
     if any(o["step"] == frozen["step"] for o in out):
       continue  # a rerun that did not stop where asked landed on another stop
-    measured = heldout_gme(ctx, "gpe", frozen["ckpt_dir"])
+    measured = heldout_gme(ctx, frozen["ckpt_dir"])
     if not math.isclose(measured, frozen["curve_gme"], rel_tol=1e-2, abs_tol=1e-7):
       logging.warning("GPE encoder of step %d: restored held-out GME %.6g, its run measured "
                       "%.6g", frozen["step"], measured, frozen["curve_gme"])

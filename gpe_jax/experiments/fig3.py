@@ -21,7 +21,6 @@ principal components. The table gives each encoder's geometry metrics from its s
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -32,12 +31,12 @@ from matplotlib import pyplot as plt
 from gpe_jax import parallel, plots, train_loop
 from gpe_jax.data import load_dataset
 from gpe_jax.evals import geometry
-from gpe_jax.experiments import common
-from gpe_jax.stages import baselines, encoder
+from gpe_jax.experiments import common, encoders
 from gpe_jax.stages import common as stage_common
 
 VARIANTS = {"gpe": ("encoder",), "vae": ("vae",)}
 LABELS = {"gpe": "GPE encoder", "vae": "VAE (encoder mean)"}
+STAGE_OF = {"gpe": "encoder", "vae": "vae"}
 
 
 def metric_keys(summary: dict) -> list[str]:
@@ -85,23 +84,16 @@ def _fmt(v) -> str:
 
 def embed_heldout(ctx: stage_common.Context, name: str, x: np.ndarray) -> np.ndarray:
   """Raw embeddings T(x) of the variant's trained encoder (the mean for the VAE), the same
-  map its stage evaluated the geometry metrics on."""
-  cfg, bsz = ctx.config, ctx.config.data.batch_size
-  if name == "gpe":
-    model, params, batch_stats = encoder.load_frozen(
-        cfg, ctx.data.example_shape, train_loop.checkpoint_dir(ctx.workdir, encoder.NAME), ctx.mesh)
-    fn = functools.partial(stage_common.inference_fn(model), params, batch_stats)
-  else:
-    enc, _, params, batch_stats = baselines.load_trained(ctx, name)
-    fn = baselines.embed_fn(enc, params, batch_stats, name in baselines.VARIATIONAL)
-  return stage_common.batched_apply(fn, x, bsz)
+  map its stage evaluated the geometry metrics on (read back from its manifest)."""
+  stage = STAGE_OF[name]
+  embed = encoders.frozen_embed(ctx, train_loop.checkpoint_dir(ctx.workdir, stage))
+  return stage_common.batched_apply(embed, x, ctx.config.data.batch_size)
 
 
 def run(config, workdir: str) -> common.Report:
   summaries = {name: common.run_variant(config, workdir, name, stages=stages)
                for name, stages in VARIANTS.items()}
-  stage_of = {"gpe": encoder.NAME, "vae": "vae"}
-  results = {name: summaries[name][stage_of[name]] for name in VARIANTS}
+  results = {name: summaries[name][STAGE_OF[name]] for name in VARIANTS}
 
   data = load_dataset(config.data)
   mesh = parallel.make_mesh(config.num_devices)
@@ -144,7 +136,7 @@ def run(config, workdir: str) -> common.Report:
                    title="label", title_fontsize=8)
   fig.suptitle(f"{data.name}: {n_geo} held-out points embedded in {latent_dim}-D")
   fig.tight_layout()
-  plots._save(fig, os.path.join(workdir, "fig3.png"))
+  plots._save(fig, os.path.join(workdir, "fig3.png"))  # pylint: disable=protected-access
 
   keys = [k for k in metric_keys(results["gpe"]) if k in results["vae"]]
   table = common.markdown_table(

@@ -141,16 +141,16 @@ class Encoders:
     encoder of (b)/(c)."""
     path = str(self.config.probes.encoder_checkpoint)
     if path:
-      return encoders.frozen_embed(self.ctx, "gpe", os.path.abspath(path)), "trained GPE"
+      return encoders.frozen_embed(self.ctx, os.path.abspath(path)), "trained GPE"
     enc, _ = self.gpe()
-    return encoders.frozen_embed(self.ctx, "gpe", enc["ckpt_dir"]), "trained GPE"
+    return encoders.frozen_embed(self.ctx, enc["ckpt_dir"]), "trained GPE"
 
   def vae(self) -> dict:
     summary = common.run_variant(self.train_config, self.workdir, VAE_VARIANT,
                                  stages=("vae",))["vae"]
     ckpt = train_loop.checkpoint_dir(os.path.join(self.workdir, VAE_VARIANT), "vae")
     return {"name": f"VAE (beta {float(self.config.vae.beta):g}), step {summary['steps']}",
-            "method": "vae", "ckpt_dir": ckpt, "gme": encoders.heldout_gme(self.ctx, "vae", ckpt),
+            "method": "vae", "ckpt_dir": ckpt, "gme": encoders.heldout_gme(self.ctx, ckpt),
             "variant": "decoder_vae", "step": int(summary["steps"])}
 
   def all_trained(self) -> list[dict]:
@@ -382,7 +382,7 @@ def probe_decoder(config, workdir: str, ctx, encs: Encoders) -> dict:
   x = np.asarray(ctx.data.x_train[:n], np.float32).reshape(n, -1)
   rows = []
   for enc in encs.all_trained():
-    z = _embed(encoders.frozen_embed(ctx, enc["method"], enc["ckpt_dir"]), ctx, x)
+    z = _embed(encoders.frozen_embed(ctx, enc["ckpt_dir"]), ctx, x)
     z = stage_common.normalize_latents(z, stage_common.latent_stats(z))
     feat = feature_decoder(z, x, int(probes.num_features), jax.random.key(config.seed),
                            int(probes.gd_steps))
@@ -478,7 +478,7 @@ def probe_bilip(config, workdir: str, ctx, encs: Encoders) -> dict:
   rand = _embed(random_encoder(ctx), ctx, x)
   rows.append({"name": "random encoder", "gme": float(costs.gme_cost(x, rand)), "z": rand})
   for enc in encs.all_trained():
-    rows.append(dict(enc, z=_embed(encoders.frozen_embed(ctx, enc["method"], enc["ckpt_dir"]),
+    rows.append(dict(enc, z=_embed(encoders.frozen_embed(ctx, enc["ckpt_dir"]),
                                    ctx, x)))
   for r in rows:
     # Thm 2 with the encoder's held-out GME (the encoder stage's own estimate, other batches),

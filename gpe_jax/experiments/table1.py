@@ -68,7 +68,7 @@ def run(config, workdir: str) -> common.Report:
   rows.append({"name": "VAE encoder (mean)", "method": "vae", "variant": VAE_DECODER,
                "ckpt": vae_ckpt, "encoder_run": VAE_VARIANT,
                "encoder_step": int(vae_summary.get("steps", 0)),
-               "gme": encoders.heldout_gme(ctx, "vae", vae_ckpt),
+               "gme": encoders.heldout_gme(ctx, vae_ckpt),
                "heldout_gme_geometry": vae_summary.get("heldout_gme")})
 
   for row in rows:

@@ -32,10 +32,10 @@ import jax
 import numpy as np
 from matplotlib import pyplot as plt
 
-from gpe_jax import models, parallel, plots, rng, train_loop
+from gpe_jax import parallel, plots, rng
 from gpe_jax.data import load_dataset
 from gpe_jax.experiments import common
-from gpe_jax.stages import baselines, decoder, encoder, prior
+from gpe_jax.stages import registry
 
 TIMED_ITERS = 20
 SMOKE_TIMED_ITERS = 3
@@ -114,40 +114,23 @@ def is_smoke(config) -> bool:
   return int(config.encoder.num_steps) < SMOKE_STEPS
 
 
+STEP_NAMES = {"encoder": "gpe_encoder", "decoder": "gpe_decoder"}
+
+
 def build_steps(config, x: np.ndarray) -> dict:
-  """{step name: (step_fn, init_fn, host batch)} of every method, at the config's sizes.
+  """{step name: (step_fn, init_fn, host batch)} of every registered training stage, at the
+  config's sizes (``StageSpec.timed_step``).
 
   ``x`` is one batch of real training examples; latents are standard normal draws (the
   decoder's and the prior's inputs are normalised latents)."""
-  shape = tuple(x.shape[1:])
   d = int(config.model.latent_dim)
   bsz = x.shape[0]
   gen = rng.stream(int(config.seed), "table2.latents")
   z = gen.standard_normal((bsz, d)).astype(np.float32)
   z0 = gen.standard_normal((bsz, d)).astype(np.float32)
-  steps = {}
-
-  model, tx = encoder.build(config, shape)
-  steps["gpe_encoder"] = (encoder.make_train_step(model, tx),
-                          encoder.make_init_fn(model, tx, shape), {"x": x})
-
-  model = models.build_decoder(config.model, shape)
-  tx = train_loop.make_optimizer(config.decoder)
-  steps["gpe_decoder"] = (decoder.make_train_step(model, tx, float(config.decoder.l1_weight)),
-                          decoder.make_init_fn(model, tx, d), {"z": z, "x": x})
-
-  for name in baselines.NAMES:
-    section = config[name]
-    enc, dec, tx = baselines.build(config, name, shape)
-    steps[name] = (baselines.make_train_step(enc, dec, tx, name in baselines.VARIATIONAL,
-                                             float(section.get("beta", 1.0)),
-                                             float(section.get("mds_weight", 0.0))),
-                   baselines.make_init_fn(enc, dec, tx, shape, d), {"x": x})
-
-  model, tx, init_fn = prior.build(config)
-  steps["prior"] = (prior.make_train_step(model, tx, float(config.prior.ema_decay)), init_fn,
-                    {"z0": z0, "z1": z})
-  return steps
+  batch = {"x": x, "z": z, "z0": z0}
+  return {STEP_NAMES.get(spec.name, spec.name): spec.timed_step(config, batch)
+          for spec in registry.specs() if spec.timed_step is not None}
 
 
 def _bar_chart(secs: dict, path: str, title: str) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from gpe_jax.errors import ConfigError
+
 from gpe_jax.models.nets import (ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder,
                                  depth_to_space, space_to_depth)
 from gpe_jax.models.velocity import VelocityMLP, VelocityResMLP, timestep_embedding
@@ -20,9 +22,9 @@ KINDS = ("mlp", "conv")
 
 def _check_kind(kind: str, example_shape: Sequence[int]) -> None:
   if kind not in KINDS:
-    raise ValueError(f"config.model.kind={kind!r} is not a model family; use one of {KINDS}.")
+    raise ConfigError(f"config.model.kind={kind!r} is not a model family; use one of {KINDS}.")
   if kind == "conv" and len(example_shape) != 3:
-    raise ValueError(f"config.model.kind='conv' needs images [H, W, C], but the data's examples "
+    raise ConfigError(f"config.model.kind='conv' needs images [H, W, C], but the data's examples "
                      f"have shape {tuple(example_shape)}; use --config.model.kind=mlp.")
 
 
@@ -49,7 +51,7 @@ def build_decoder(model_cfg, example_shape: Sequence[int]):
                       tanh_output=is_image, norm=model_cfg.layer_norm)
   h, w, c = example_shape
   if h != w:
-    raise ValueError(f"ConvDecoder makes square images; the data is {h}x{w}. Set "
+    raise ConfigError(f"ConvDecoder makes square images; the data is {h}x{w}. Set "
                      "--config.data.image_size (with center_crop) to make it square.")
   return ConvDecoder(features=tuple(model_cfg.dec_features), image_size=h, channels=c,
                      batch_norm=model_cfg.batch_norm)
@@ -71,7 +73,6 @@ def build_velocity(prior_cfg):
   if prior_cfg.net == "resmlp":
     return VelocityResMLP(width=prior_cfg.width, depth=prior_cfg.depth,
                           embed_dim=prior_cfg.time_embed_dim, time_scale=prior_cfg.time_scale)
-  from gpe_jax.parallel import ConfigError
   raise ConfigError(f"config.prior.net={prior_cfg.net!r} is not a velocity network; use one "
                    f"of {VELOCITY_NETS}.")
 
@@ -95,6 +96,25 @@ def apply_model(model, params, batch_stats, x, train: bool, **kwargs):
       out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], **kwargs)
       return out, updates["batch_stats"]
   return model.apply(variables, x, train=train, **kwargs), batch_stats
+
+
+def inference_fn(model, **kwargs):
+  """A jitted (params, batch_stats, x) -> model(x) in inference mode (running BatchNorm
+  statistics). Make it once per model and bind variables with ``functools.partial``: the
+  parameters stay arguments, so evaluations do not recompile."""
+  import jax
+
+  @jax.jit
+  def fn(params, batch_stats, x):
+    out, _ = apply_model(model, params, batch_stats, x, train=False, **kwargs)
+    return out
+  return fn
+
+
+def encode_mean(h):
+  """The embedding of a (mean, log-variance) encoder head: its first half."""
+  import jax.numpy as jnp
+  return jnp.split(h, 2, axis=-1)[0]
 
 
 def init_variables(model, key, example_shape):

@@ -16,7 +16,8 @@ its own checkpoints in ``workdir/<name>/``. After training it writes, like the G
 stage, ``latent_stats.npz`` and the geometry metrics of its encoder (held-out GME included, so
 methods compare on GPE's own criterion), reconstructions and a latent scatter. With
 ``config.method = '<name>'`` the prior, sample and evaluate stages use this baseline's encoder
-and decoder (``gpe_jax.stages.latent``), so every method is evaluated identically.
+and decoder (its ``manifest.json``, read by ``gpe_jax.autoencoders``), so every method is
+evaluated identically.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gpe_jax import costs, models, plots, train_loop
+from gpe_jax import autoencoders, costs, models, plots, train_loop
 from gpe_jax.data import iterate_eval_batches
-from gpe_jax.stages import common, encoder
+from gpe_jax.stages import common
 
 NAMES = ("vae", "ae", "vae_mds", "ae_mds")
 VARIATIONAL = ("vae", "vae_mds")
@@ -58,7 +59,7 @@ def make_init_fn(enc, dec, tx, example_shape, latent_dim: int):
 
 def encode_mean(h: jax.Array, variational: bool) -> jax.Array:
   """The embedding T(x): the encoder output, or the mean half of a (mean, logvar) head."""
-  return jnp.split(h, 2, axis=-1)[0] if variational else h
+  return models.encode_mean(h) if variational else h
 
 
 def make_train_step(enc, dec, tx, variational: bool, beta: float = 1.0,
@@ -90,36 +91,16 @@ def make_train_step(enc, dec, tx, variational: bool, beta: float = 1.0,
   def step(state, batch):
     (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch["x"], state.step_key())
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state)
+    new_state = state.apply_gradients(tx, grads, batch_stats=new_stats)
     return new_state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   return step
 
 
-def abstract_state(config, name: str, example_shape):
-  enc, dec, tx = build(config, name, example_shape)
-  return jax.eval_shape(make_init_fn(enc, dec, tx, example_shape, config.model.latent_dim),
-                        jax.random.key(0))
-
-
-def load_trained(ctx: common.Context, name: str, ckpt_dir: str = ""):
-  """(encoder, decoder, params, batch_stats) of the trained baseline ``name``, from
-  ``ckpt_dir`` (default ``workdir/<name>/checkpoints``)."""
-  shape = ctx.data.example_shape
-  enc, dec, _ = build(ctx.config, name, shape)
-  state = train_loop.restore_checkpoint(
-      ckpt_dir or train_loop.checkpoint_dir(ctx.workdir, name),
-      abstract_state(ctx.config, name, shape), ctx.mesh,
-      what=f" (the '{name}' baseline; list '{name}' in config.stages first)")
-  return enc, dec, state.params, state.batch_stats
-
-
 def make_embed(enc, variational: bool):
   """Jitted (params, batch_stats, x [B, ...]) -> T(x) [B, d] (the mean for a VAE), inference
-  mode. Variables are arguments, so repeated evaluations do not recompile."""
-  infer = common.inference_fn(enc)
+  mode, on the joint state's variables. Variables are arguments, so repeated evaluations do not
+  recompile."""
+  infer = models.inference_fn(enc)
 
   @jax.jit
   def fn(params, batch_stats, x):
@@ -127,23 +108,15 @@ def make_embed(enc, variational: bool):
   return fn
 
 
-def embed_fn(enc, params, batch_stats, variational: bool):
-  """x [B, ...] -> T(x) [B, d] for fixed trained variables."""
-  return functools.partial(make_embed(enc, variational), params, batch_stats)
-
-
 def run_stage(ctx: common.Context, name: str) -> dict:
   cfg, data = ctx.config, ctx.data
-  if common.done_record(ctx, name) is not None:
-    logging.info("%s: already finished, skipping", name)
-    return common.previous_summary(ctx, name)
   shape = data.example_shape
   section = cfg[name]
   variational = name in VARIATIONAL
   enc, dec, tx = build(cfg, name, shape)
   bsz = cfg.data.batch_size
   x_eval = np.concatenate(list(iterate_eval_batches(data.x_test, bsz, cfg.eval.num_examples)))
-  decode_infer = common.inference_fn(dec)
+  decode_infer = models.inference_fn(dec)
   embed_any = make_embed(enc, variational)
 
   def eval_fn(state):
@@ -163,8 +136,8 @@ def run_stage(ctx: common.Context, name: str) -> dict:
 
   out_dir = ctx.stage_dir(name)
   state = result.state
-  embed = embed_fn(enc, state.params, state.batch_stats, variational)
-  metrics, x_geo, z_geo = encoder.describe_encoder(ctx, name, embed, f"{name} encoder")
+  embed = functools.partial(embed_any, state.params, state.batch_stats)
+  metrics, stats, x_geo, z_geo = common.describe_encoder(ctx, name, embed, f"{name} encoder")
   n_show = min(32, x_geo.shape[0])
   x_hat = common.batched_apply(
       functools.partial(decode_infer, state.params["decoder"], state.batch_stats["decoder"]),
@@ -173,6 +146,7 @@ def run_stage(ctx: common.Context, name: str) -> dict:
                    title=f"{data.name}: held-out originals and {name} reconstructions")
   mean_image = data.x_train.mean(axis=0, keepdims=True)
   metrics["val_mean_image_mse"] = float(np.mean(np.square(x_eval - mean_image)))
+  write_manifest(ctx, name, result.steps, stats)
   summary = common.mark_done(ctx, name, result, metrics)
   logging.info("%s: done after %d steps (%s), val_recon_mse=%.4g, held-out GME=%.4g", name,
                result.steps, result.stopped_by, summary.get("val_recon_mse", float("nan")),
@@ -180,4 +154,36 @@ def run_stage(ctx: common.Context, name: str) -> dict:
   return summary
 
 
-RUNNERS = {name: functools.partial(run_stage, name=name) for name in NAMES}
+def write_manifest(ctx: common.Context, name: str, step: int, stats: dict) -> None:
+  """Method ``name`` complete: the encoder (mean head for a VAE) and the decoder, which takes
+  raw latents, both sub-trees of the one joint checkpoint."""
+  ckpt = train_loop.checkpoint_dir(ctx.workdir, name)
+  enc = autoencoders.part(ctx.workdir, ckpt, step, "encoder",
+                          head="mean" if name in VARIATIONAL else "identity")
+  dec = autoencoders.part(ctx.workdir, ckpt, step, "decoder", input="raw")
+  autoencoders.write_manifest(ctx.stage_dir(name), autoencoders.autoencoder_manifest(
+      name, name, ctx.config, ctx.data.example_shape, enc, dec, stats,
+      ctx.data.y_train is not None))
+
+
+def _legacy_manifest(ctx: common.Context, step: int, name: str) -> None:
+  write_manifest(ctx, name, step, common.load_latent_stats(
+      os.path.join(ctx.workdir, name, "latent_stats.npz")))
+
+
+def timed_step(config, batch: dict, name: str):
+  """(step_fn, init_fn, batch) of one joint step of baseline ``name``."""
+  shape = tuple(batch["x"].shape[1:])
+  section = config[name]
+  enc, dec, tx = build(config, name, shape)
+  return (make_train_step(enc, dec, tx, name in VARIATIONAL, float(section.get("beta", 1.0)),
+                          float(section.get("mds_weight", 0.0))),
+          make_init_fn(enc, dec, tx, shape, int(config.model.latent_dim)), {"x": batch["x"]})
+
+
+SPECS = tuple(common.StageSpec(
+    name=name, run=functools.partial(run_stage, name=name), trains=True, method=name,
+    complete=True, inputs=common.training_inputs(name),
+    timed_step=functools.partial(timed_step, name=name),
+    write_manifest=functools.partial(_legacy_manifest, name=name),
+    headline=("steps", "seconds", "val_recon_mse", "heldout_gme")) for name in NAMES)

@@ -21,9 +21,10 @@ import jax
 import numpy as np
 import optax
 
-from gpe_jax import costs, models, plots, train_loop
+from gpe_jax import autoencoders, costs, models, plots, train_loop
+from gpe_jax.errors import ConfigError
 from gpe_jax.evals import plugins
-from gpe_jax.stages import common, encoder
+from gpe_jax.stages import common
 
 NAME = "decoder"
 
@@ -47,86 +48,55 @@ def make_train_step(model, tx, l1_weight: float = 0.0):
   def step(state, batch):
     (loss, (new_stats, mse)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch["z"], batch["x"])
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state)
+    new_state = state.apply_gradients(tx, grads, batch_stats=new_stats)
     return new_state, {"loss": loss, "recon_mse": mse, "grad_norm": optax.tree.norm(grads)}
   return step
 
 
-def load_trained(ctx: common.Context):
-  """(model, params, batch_stats) of the trained decoder in ``workdir/decoder``."""
-  cfg = ctx.config
-  model = models.build_decoder(cfg.model, ctx.data.example_shape)
-  tx = train_loop.make_optimizer(cfg.decoder)
-  abstract = jax.eval_shape(make_init_fn(model, tx, cfg.model.latent_dim), jax.random.key(0))
-  state = train_loop.restore_checkpoint(
-      train_loop.checkpoint_dir(ctx.workdir, NAME), abstract, ctx.mesh,
-      what=" (the trained decoder; list 'decoder' in config.stages first)")
-  return model, state.params, state.batch_stats
-
-
-def encoder_method(ctx: common.Context) -> str:
-  """Whose frozen encoder the decoder trains on: 'gpe' or a baseline's (Table 1 trains a
-  decoder on the VAE's frozen encoder)."""
-  return ctx.config.decoder.get("encoder_method", "gpe")
-
-
-def encoder_checkpoint_dir(ctx: common.Context) -> str:
+def encoder_source(ctx: common.Context) -> str:
+  """The stage folder whose manifest holds the frozen encoder: the one of
+  ``config.decoder.encoder_checkpoint`` (its parent folder), else the stage of
+  ``config.decoder.encoder_method`` in this workdir ('gpe': ``encoder``; a baseline's name:
+  that baseline's folder). Table 1 trains a decoder on the VAE's frozen encoder."""
   path = ctx.config.decoder.encoder_checkpoint
-  stage = encoder.NAME if encoder_method(ctx) == "gpe" else encoder_method(ctx)
-  return os.path.abspath(path) if path else train_loop.checkpoint_dir(ctx.workdir, stage)
+  if path:
+    return os.path.dirname(os.path.abspath(path).rstrip(os.sep))
+  method = ctx.config.decoder.encoder_method
+  found = autoencoders.find(ctx.workdir, method, complete=False, exclude_stage=NAME)
+  if found is None:
+    stage = "encoder" if method == "gpe" else method
+    return os.path.join(ctx.workdir, stage)
+  return found[0]
 
 
-def frozen_embedder(ctx: common.Context):
-  """(embed, stats): ``embed(x [N, ...]) -> [N, d]`` normalised latents C (T(x) - m) of the
-  frozen encoder (batched, jitted), and the latent statistics (m, C) it uses."""
-  cfg, data = ctx.config, ctx.data
-  method = encoder_method(ctx)
-  if method == "gpe":
-    enc_model, params, stats_bn = encoder.load_frozen(cfg, data.example_shape,
-                                                      encoder_checkpoint_dir(ctx), ctx.mesh)
-    raw = functools.partial(common.inference_fn(enc_model), params, stats_bn)
-    stats_path = os.path.join(ctx.workdir, encoder.NAME, "latent_stats.npz")
-  else:
-    from gpe_jax.stages import baselines
-    if method not in baselines.NAMES:
-      from gpe_jax.parallel import ConfigError
-      raise ConfigError(f"config.decoder.encoder_method={method!r}; use 'gpe' or one of "
-                        f"{baselines.NAMES}.")
-    enc_model, _, params, stats_bn = baselines.load_trained(ctx, method,
-                                                            encoder_checkpoint_dir(ctx))
-    raw = baselines.embed_fn(enc_model, params, stats_bn, method in baselines.VARIATIONAL)
-    stats_path = os.path.join(ctx.workdir, method, "latent_stats.npz")
-  bsz = cfg.data.batch_size
-  if not cfg.decoder.encoder_checkpoint and os.path.exists(stats_path):
-    stats = common.load_latent_stats(stats_path)
-  else:  # an encoder from elsewhere: compute its statistics the same way the stage does
-    n = min(cfg.eval.latent_stats_samples, data.x_train.shape[0])
-    stats = common.latent_stats(common.batched_apply(raw, data.x_train[:n], bsz))
-
-  def embed(x: np.ndarray) -> np.ndarray:
-    return common.normalize_latents(common.batched_apply(raw, x, bsz), stats)
-  return embed, stats
+def upstream(ctx: common.Context) -> dict:
+  return {"encoder": encoder_source(ctx)}
 
 
-def embed_dataset(ctx: common.Context):
-  """Normalised embeddings (z_train, z_test) of the frozen encoder, and its latent stats."""
-  embed, stats = frozen_embedder(ctx)
-  return embed(ctx.data.x_train), embed(ctx.data.x_test), stats
+def frozen_encoder(ctx: common.Context) -> autoencoders.Autoencoder:
+  """The frozen encoder (and its latent statistics) the decoder trains on, from its stage's
+  manifest."""
+  source = encoder_source(ctx)
+  manifest = autoencoders.read_manifest(source)
+  if manifest is None or manifest.get("encoder") is None:
+    raise ConfigError(
+        f"The decoder stage trains on a frozen encoder, but {source} holds no trained encoder "
+        f"(no {autoencoders.MANIFEST}). Train it first (list its stage before 'decoder' in "
+        "config.stages), or point --config.decoder.encoder_checkpoint at the checkpoints of "
+        "a finished encoder stage (rerun an older workdir's command once to give it a "
+        "manifest).")
+  return autoencoders.Autoencoder(source, dict(manifest, decoder=None),
+                                  os.path.dirname(source), ctx.config.data.batch_size)
 
 
 def run(ctx: common.Context) -> dict:
   cfg, data = ctx.config, ctx.data
-  if common.done_record(ctx, NAME) is not None:
-    logging.info("decoder: already finished, skipping")
-    return common.previous_summary(ctx, NAME)
-  z_train, z_test, _ = embed_dataset(ctx)
+  frozen = frozen_encoder(ctx)
+  z_train, z_test = frozen.encode(data.x_train), frozen.encode(data.x_test)
   model = models.build_decoder(cfg.model, data.example_shape)
   tx = train_loop.make_optimizer(cfg.decoder)
   bsz = cfg.data.batch_size
-  decode_fn = common.inference_fn(model)
+  decode_fn = models.inference_fn(model)
   mse_fn = jax.jit(lambda p, s, z, x: costs.recon_mse(x, decode_fn(p, s, z)))
   n_eval = z_test.shape[0] if not cfg.eval.num_examples else min(cfg.eval.num_examples,
                                                                   z_test.shape[0])
@@ -158,8 +128,53 @@ def run(ctx: common.Context) -> dict:
   plots.recon_grid(data.x_test[:n_show], x_hat,
                    os.path.join(ctx.stage_dir(NAME), "reconstructions.png"),
                    title=f"{data.name}: held-out originals (odd rows) and GPE reconstructions")
+  write_manifest(ctx, frozen, result.steps)
   summary = common.mark_done(ctx, NAME, result, {"val_mean_image_mse": baseline})
   logging.info("decoder: done after %d steps (%s), val_recon_mse=%.4g (mean image: %.4g)",
                result.steps, result.stopped_by, summary.get("val_recon_mse", float("nan")),
                baseline)
   return summary
+
+
+def write_manifest(ctx: common.Context, frozen: autoencoders.Autoencoder, step: int) -> None:
+  """Method 'gpe' complete: the frozen encoder (as its own manifest names it) and this decoder,
+  which takes normalised latents. On another method's encoder the pair is 'decoder_on_<it>'."""
+  enc = dict(frozen.manifest["encoder"])
+  enc.update(autoencoders.part(ctx.workdir, autoencoders.resolve(frozen.workdir,
+                                                                 enc["checkpoint"]),
+                               enc["step"], enc.get("subtree")))
+  dec = autoencoders.part(ctx.workdir, train_loop.checkpoint_dir(ctx.workdir, NAME), step,
+                          input="normalised")
+  method = "gpe" if frozen.method == "gpe" else f"decoder_on_{frozen.method}"
+  autoencoders.write_manifest(ctx.stage_dir(NAME), autoencoders.autoencoder_manifest(
+      method, NAME, ctx.config, ctx.data.example_shape, enc, dec, frozen.latent_stats,
+      ctx.data.y_train is not None))
+
+
+def inputs(config) -> dict:
+  """The decoder section without the loop settings and the encoder's location (the
+  encoder it consumed is in the record's upstream, with its fingerprint and step)."""
+  own = common.section_inputs(config.decoder)
+  for key in ("encoder_checkpoint", "encoder_method"):
+    own.pop(key, None)
+  return own
+
+
+def timed_step(config, batch: dict):
+  """(step_fn, init_fn, batch) of one decoder step on (z, x) pairs (the frozen encoder embeds
+  the data once, before training, so it is not part of the step)."""
+  model = models.build_decoder(config.model, tuple(batch["x"].shape[1:]))
+  tx = train_loop.make_optimizer(config.decoder)
+  return (make_train_step(model, tx, float(config.decoder.l1_weight)),
+          make_init_fn(model, tx, int(config.model.latent_dim)),
+          {"z": batch["z"], "x": batch["x"]})
+
+
+SPEC = common.StageSpec(
+    name=NAME, run=run, trains=True, method="gpe", complete=True, inputs=inputs,
+    timed_step=timed_step,
+    upstream=upstream, write_manifest=lambda ctx, step: write_manifest(
+        ctx, frozen_encoder(ctx), step),
+    encoder_of=lambda config: "" if config.decoder.encoder_checkpoint
+    else config.decoder.encoder_method, evaluators=plugins.DECODER_EVALUATORS,
+    headline=("steps", "seconds", "val_recon_mse", "val_mean_image_mse"))

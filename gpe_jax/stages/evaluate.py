@@ -26,21 +26,25 @@ import numpy as np
 
 from gpe_jax import logs, plots, rng
 from gpe_jax.evals import features, quality
-from gpe_jax.stages import common, latent, prior, sample
+from gpe_jax.stages import common
 
 NAME = "evaluate"
 
 
-def _samples(ctx: common.Context, n: int):
-  """n prior samples: from sample/samples.npz when it is current and large enough, else new."""
-  path = os.path.join(ctx.workdir, sample.NAME, "samples.npz")
+def _samples(ctx: common.Context, n: int, generate):
+  """n prior samples: from sample/samples.npz when the sample stage's record says it was made
+  from the same prior, decoder and sampling settings and holds enough, else new ones."""
   cfg = ctx.config.sample
-  if os.path.exists(path) and sample.is_current(ctx, sample.NAME, ("samples.npz",),
-                                                sample.fingerprint(ctx)):
+  sample_dir = os.path.join(ctx.workdir, "sample")
+  rec = common.read_done(sample_dir)
+  same = (rec is not None and rec.get("upstream") == ctx.provenance.get("upstream")
+          and rec.get("inputs", {}).get("stage") == logs.to_jsonable(common.sample_inputs(
+              ctx.config)))
+  path = os.path.join(sample_dir, "samples.npz")
+  if same and os.path.exists(path):
     with np.load(path) as f:
       if f["x"].shape[0] >= n:
         return f["x"][:n], f"sample/samples.npz ({cfg.method}, NFE {float(f['nfe']):.0f})"
-  generate = sample.load_generator(ctx)[0]
   _, _, x, nfe = generate(n, ctx.config.seed)
   return x, f"generated here ({cfg.method}, NFE {nfe:.0f})"
 
@@ -48,28 +52,22 @@ def _samples(ctx: common.Context, n: int):
 def run(ctx: common.Context) -> dict:
   cfg, data = ctx.config, ctx.data
   ecfg = cfg.evaluate
-  features.validate_names(tuple(ecfg.extractors), "config.evaluate.extractors")
-  summary_all = logs.read_json(os.path.join(ctx.workdir, "summary.json"), {})
-  stamp = {"config": ecfg.to_dict(), "sample": sample.fingerprint(ctx)}
-  if sample.is_current(ctx, NAME, ("metrics.json",), stamp):
-    logging.info("evaluate: outputs are current, skipping")
-    return common.previous_summary(ctx, NAME)
   out_dir = ctx.stage_dir(NAME)
   n_train, n_test = data.x_train.shape[0], data.x_test.shape[0]
   n = min(int(ecfg.num_samples), n_train)
   n_ref = min(int(ecfg.num_reference), n_test)
   reference = data.x_test[:n_ref]
 
-  x_prior, prior_source = _samples(ctx, n)
-  autoencoder = latent.load(ctx)
-  decode = autoencoder.decode
+  generate, _, _, _, autoencoder = common.load_generator(ctx)
+  x_prior, prior_source = _samples(ctx, n, generate)
+  decode = autoencoder.decode_fn
   bsz = int(cfg.sample.batch_size)
   gen = rng.stream(cfg.seed, "evaluate.sets")
   z_noise = gen.standard_normal((n, cfg.model.latent_dim)).astype(np.float32)
   x_noprior = common.batched_apply(decode, z_noise, bsz)
   floor_idx = np.sort(gen.permutation(n_train)[:n])
   x_floor = data.x_train[floor_idx]
-  x_recon = common.batched_apply(decode, autoencoder.embed(x_floor), bsz)
+  x_recon = common.batched_apply(decode, autoencoder.encode(x_floor), bsz)
   sets = {"prior": x_prior, "noprior": x_noprior, "recon": x_recon, "floor": x_floor}
 
   flat, records, extractors = {}, {}, {}
@@ -93,7 +91,7 @@ def run(ctx: common.Context) -> dict:
                "recon": f"decoder(encoder(x)) of {n} random training examples",
                "floor": f"{n} random real training examples"},
       "extractors": extractors, "method": autoencoder.method,
-      "prior_steps": summary_all.get(prior.NAME, {}).get("steps")}
+      "prior_steps": (common.read_done(os.path.join(ctx.workdir, "prior")) or {}).get("steps")}
   if logs.is_main_process():
     logs.write_json(os.path.join(out_dir, "metrics.json"),
                     {"records": records, "protocol": protocol})
@@ -102,7 +100,23 @@ def run(ctx: common.Context) -> dict:
                    os.path.join(out_dir, "prior_vs_noprior.png"), nrow=8,
                    title=f"{data.name}: flow-prior samples (top {k // 8} rows) vs decoder on "
                          f"N(0, I) (bottom {k // 8} rows)")
-  summary = dict(flat, protocol=protocol)
-  logs.write_json(os.path.join(out_dir, "done.json"), {"fingerprint": stamp})
-  logs.update_summary(ctx.workdir, NAME, summary)
-  return summary
+  return common.mark_done(ctx, NAME, summary=dict(flat, protocol=protocol))
+
+
+def inputs(config) -> dict:
+  """The evaluation settings, and the sampling ones (samples may be generated here)."""
+  return dict(config.evaluate.to_dict(), sample=common.sample_inputs(config))
+
+
+def validate(config, data) -> None:
+  """Extractor names, the Inception weights file (opened and checked), and label-trained
+  features on unlabelled data, before any training."""
+  features.validate_extractors(tuple(config.evaluate.extractors), data, config.evaluate,
+                               "config.evaluate.extractors")
+
+
+SPEC = common.StageSpec(
+    name=NAME, run=run, consumes_method=True, needs=("prior",), inputs=inputs,
+    upstream=common.generator_upstream, validate=validate, outputs=("metrics.json",),
+    headline=("fd_classifier_prior", "fd_classifier_noprior", "fd_classifier_recon",
+              "fd_classifier_floor", "fd_pixels_prior", "fd_pixels_noprior"))

@@ -1,6 +1,7 @@
 """GPE stage 3: a flow-matching prior in the normalised latent space (PAPERS §1.5).
 
-The encoder is frozen (stage 1, or a baseline's: ``config.method``, see ``stages/latent.py``),
+The encoder is frozen (stage 1, or a baseline's: ``config.method``; read from that method's
+``manifest.json`` by ``gpe_jax.autoencoders``),
 so the training set is embedded once, normalised with that stage's ``latent_stats.npz``
 (z = C (T(x) - m), the space GPE's decoder was trained in),
 and the prior learns a velocity field v(z, t) that carries N(0, I) to the latent data
@@ -33,7 +34,8 @@ import numpy as np
 import optax
 from scipy.optimize import linear_sum_assignment
 
-from gpe_jax import costs, models, rng, train_loop
+from gpe_jax import autoencoders, costs, models, rng, sampling, train_loop
+from gpe_jax.evals import plugins
 from gpe_jax.stages import common
 
 NAME = "prior"
@@ -94,22 +96,9 @@ def make_train_step(model, tx, ema_decay: float):
     t = jax.random.uniform(state.step_key(), (z1.shape[0],), jnp.float32)
     zt, u = costs.cfm_interpolant(z0, z1, t)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, zt, t, u)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema_decay:
-      s = state.step.astype(jnp.float32)
-      decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
-      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema)
+    new_state = state.apply_gradients(tx, grads, ema_decay=ema_decay)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
   return step
-
-
-def sampling_params(state: train_loop.TrainState):
-  """The weights to sample with: the EMA where the stage keeps one, else the raw params."""
-  return state.ema_params if state.ema_params else state.params
 
 
 def build(config):
@@ -118,16 +107,6 @@ def build(config):
   tx = train_loop.make_optimizer(config.prior)
   init_fn = make_init_fn(model, tx, config.model.latent_dim, bool(config.prior.ema_decay))
   return model, tx, init_fn
-
-
-def load_trained(ctx: common.Context):
-  """(velocity model, sampling params) of the trained prior in ``workdir/prior``."""
-  model, _, init_fn = build(ctx.config)
-  abstract = jax.eval_shape(init_fn, jax.random.key(0))
-  state = train_loop.restore_checkpoint(
-      train_loop.checkpoint_dir(ctx.workdir, NAME), abstract, ctx.mesh,
-      what=" (the flow-matching prior; list 'prior' in config.stages first)")
-  return model, sampling_params(state)
 
 
 def make_fm_eval(model, z_test: np.ndarray, batch_size: int, seed: int):
@@ -145,7 +124,7 @@ def make_fm_eval(model, z_test: np.ndarray, batch_size: int, seed: int):
     return costs.flow_matching_loss(model.apply({"params": params}, zt, tb), u)
 
   def eval_fn(state) -> dict:
-    params = sampling_params(state)
+    params = state.sampling_params()
     vals = [float(batch_loss(params, z0[i:i + batch_size], z1[i:i + batch_size],
                              t[i:i + batch_size])) for i in range(0, n - batch_size + 1,
                                                                    batch_size)]
@@ -155,20 +134,32 @@ def make_fm_eval(model, z_test: np.ndarray, batch_size: int, seed: int):
   return eval_fn
 
 
-def run(ctx: common.Context) -> dict:
-  from gpe_jax.evals import plugins
-  from gpe_jax.stages import latent
+def make_generate(ctx: common.Context, velocity_model, decode_fn):
+  """Hook for the scheduled Frechet evaluators: ``generate(state, num) -> x`` decodes
+  ``num`` samples of the current (EMA) weights with the ``eval_method`` integrator."""
   cfg = ctx.config
-  if common.done_record(ctx, NAME) is not None:
-    logging.info("prior: already finished, skipping")
-    return common.previous_summary(ctx, NAME)
-  autoencoder = latent.load(ctx)
-  z_train, z_test = autoencoder.embed(ctx.data.x_train), autoencoder.embed(ctx.data.x_test)
+  sampler = sampling.make_latent_sampler(velocity_model, method=cfg.prior.eval_method,
+                                         num_steps=int(cfg.prior.eval_ode_steps),
+                                         t0=cfg.sample.t0, t1=cfg.sample.t1,
+                                         rtol=cfg.sample.rtol, atol=cfg.sample.atol)
+
+  def generate(state, num: int) -> np.ndarray:
+    _, _, x, _ = sampling.generate(sampler, state.sampling_params(), decode_fn, num,
+                                   cfg.model.latent_dim, cfg.seed, cfg.sample.batch_size)
+    return x
+  return generate
+
+
+def run(ctx: common.Context) -> dict:
+  cfg = ctx.config
+  autoencoder = common.load_autoencoder(ctx)
+  z_train, z_test = autoencoder.encode(ctx.data.x_train), autoencoder.encode(ctx.data.x_test)
   model, tx, init_fn = build(cfg)
   batches = PriorBatches(ctx.sampler({"z1": z_train}), cfg.model.latent_dim, cfg.seed,
                          bool(cfg.prior.ot_coupling))
   fm_eval = make_fm_eval(model, z_test, cfg.data.batch_size, cfg.seed)
-  scheduled = plugins.build_prior_evaluators(ctx, model, tuple(cfg.prior.evals))
+  scheduled = plugins.build_prior_evaluators(
+      ctx, tuple(cfg.prior.evals), make_generate(ctx, model, autoencoder.decode_fn))
 
   def eval_fn(state):
     out = fm_eval(state)
@@ -181,9 +172,31 @@ def run(ctx: common.Context) -> dict:
       step_fn=make_train_step(model, tx, float(cfg.prior.ema_decay)), batch_fn=batches,
       eval_fn=eval_fn, target_key="val_fm_loss")
   result = train_loop.run(stage, ctx.workdir, ctx.mesh, ctx.writer, cfg.seed)
+  autoencoders.write_manifest(ctx.stage_dir(NAME), autoencoders.prior_manifest(
+      cfg, autoencoder.method, ctx.workdir, result.steps,
+      train_loop.checkpoint_dir(ctx.workdir, NAME)))
   summary = common.mark_done(ctx, NAME, result, {
-      "method": autoencoder.method, "ema": bool(cfg.prior.ema_decay), "ot_coupling": bool(cfg.prior.ot_coupling),
+      "method": autoencoder.method, "ema": bool(cfg.prior.ema_decay),
+      "ot_coupling": bool(cfg.prior.ot_coupling),
       "num_params": int(sum(p.size for p in jax.tree.leaves(result.state.params)))})
   logging.info("prior: done after %d steps (%s), val_fm_loss=%.4g", result.steps,
                result.stopped_by, summary.get("val_fm_loss", float("nan")))
   return summary
+
+
+def inputs(config) -> dict:
+  return dict(common.section_inputs(config.prior), method=str(config.method))
+
+
+def timed_step(config, batch: dict):
+  """(step_fn, init_fn, batch) of one flow-matching step (EMA included)."""
+  model, tx, init_fn = build(config)
+  return (make_train_step(model, tx, float(config.prior.ema_decay)), init_fn,
+          {"z0": batch["z0"], "z1": batch["z"]})
+
+
+SPEC = common.StageSpec(
+    name=NAME, run=run, trains=True, consumes_method=True, inputs=inputs,
+    timed_step=timed_step,
+    upstream=lambda ctx: {"autoencoder": common.method_dir(ctx)},
+    evaluators=plugins.PRIOR_EVALUATORS, headline=("steps", "seconds", "val_fm_loss"))

@@ -1,7 +1,7 @@
 """Sampling stage: N(0, I) -> flow-matching prior (ODE) -> decoder -> images.
 
-Reads the prior (``workdir/prior/checkpoints``, EMA weights), the decoder
-(``workdir/decoder/checkpoints``) and, for the interpolation grid, the encoder. Writes to
+Reads the prior (``prior/manifest.json``: its checkpoint, EMA weights) and ``config.method``'s
+decoder and, for the interpolation grid, encoder (that method's manifest). Writes to
 ``workdir/sample/``:
   * ``samples.npz``: ``z`` [N, d] generated latents, ``x`` [N, ...] decoded samples, ``z0``
     the noise they came from, and the integrator, its steps and NFE;
@@ -13,7 +13,8 @@ Reads the prior (``workdir/prior/checkpoints``, EMA weights), the decoder
   * ``summary["sample"]``: integrator, NFE per sample, seconds, and (``compare_solvers``) each
     integrator's NFE and RMS latent error against a tight dopri5 solution of the same noise.
 
-The stage is cheap, so it is redone whenever its config or the prior/decoder it reads changed.
+The stage is cheap, so it is redone (the old outputs moved aside) whenever its config or the
+prior/decoder it reads changed.
 """
 from __future__ import annotations
 
@@ -25,71 +26,19 @@ import jax
 import numpy as np
 
 from gpe_jax import logs, plots, rng, sampling
-from gpe_jax.stages import common, latent, prior
+from gpe_jax.stages import common
 
 NAME = "sample"
 
 
-def fingerprint(ctx: common.Context) -> dict:
-  """What the stage's outputs depend on: its config and the steps of its inputs."""
-  summary = logs.read_json(os.path.join(ctx.workdir, "summary.json"), {})
-  return {"config": ctx.config.sample.to_dict(),
-          "prior_steps": summary.get(prior.NAME, {}).get("steps"),
-          "method": latent.method_of(ctx.config), "source_steps": latent.source_steps(ctx),
-          "seed": ctx.config.seed}
-
-
-def is_current(ctx: common.Context, name: str, outputs: tuple[str, ...],
-               stamp: dict) -> bool:
-  """True when ``name``'s done.json has this fingerprint and its outputs exist."""
-  rec = logs.read_json(os.path.join(ctx.workdir, name, "done.json"))
-  files_ok = all(os.path.exists(os.path.join(ctx.workdir, name, f)) for f in outputs)
-  return bool(rec) and logs.to_jsonable(rec.get("fingerprint")) == logs.to_jsonable(stamp) \
-      and files_ok
-
-
-def open_workdir(workdir: str, num_devices: int | None = None) -> common.Context:
-  """A read-only Context for a finished run's workdir (notebooks, scripts): its config.json,
-  its data and a mesh; nothing is trained or logged.
-
-      ctx = sample.open_workdir("runs/default")
-      generate = sample.load_generator(ctx, method="rk4", num_steps=10)[0]
-      z0, z, x, nfe = generate(64, seed=0)
-  """
-  import ml_collections
-  from gpe_jax import parallel
-  from gpe_jax.data import load_dataset
-  path = os.path.join(workdir, "config.json")
-  raw = logs.read_json(path)
-  if raw is None:
-    raise parallel.ConfigError(f"No config.json in {workdir!r}: open_workdir needs the workdir "
-                               "of a run made with python -m gpe_jax.main.")
-  config = ml_collections.ConfigDict(raw)
-  if num_devices is not None:
-    config.num_devices = num_devices
-  return common.Context(config=config, workdir=os.path.abspath(workdir),
-                        mesh=parallel.make_mesh(config.num_devices),
-                        data=load_dataset(config.data), writer=None)
-
-
 def load_generator(ctx: common.Context, method=None, num_steps=None):
-  """(generate, latent_sampler, velocity, params, autoencoder) for the trained prior and the
-  method's decoder (``stages/latent.py``).
+  """(generate, latent_sampler, velocity, params, autoencoder) for the workdir's trained prior
+  and ``config.method``'s decoder (both read back from their manifests).
 
   ``generate(num, seed) -> (z0, z, x, nfe)`` draws ``num`` samples with ``config.sample``'s
   integrator (or ``method`` / ``num_steps`` where given).
   """
-  cfg = ctx.config.sample
-  velocity, params = prior.load_trained(ctx)
-  autoencoder = latent.load(ctx)
-  latent_sampler = sampling.make_latent_sampler(
-      velocity, method=method or cfg.method, num_steps=num_steps or cfg.num_steps, t0=cfg.t0,
-      t1=cfg.t1, rtol=cfg.rtol, atol=cfg.atol)
-
-  def generate(num: int, seed: int):
-    return sampling.generate(latent_sampler, params, autoencoder.decode, num,
-                             ctx.config.model.latent_dim, seed, cfg.batch_size)
-  return generate, latent_sampler, velocity, params, autoencoder
+  return common.load_generator(ctx, method, num_steps)
 
 
 def compare_solvers(ctx: common.Context, velocity, params, num: int = 256) -> dict:
@@ -122,15 +71,10 @@ def compare_solvers(ctx: common.Context, velocity, params, num: int = 256) -> di
 
 def run(ctx: common.Context) -> dict:
   cfg = ctx.config.sample
-  stamp = fingerprint(ctx)
-  outputs = ("samples.npz", "samples.png")
-  if is_current(ctx, NAME, outputs, stamp):
-    logging.info("sample: outputs are current, skipping")
-    return common.previous_summary(ctx, NAME)
   out_dir = ctx.stage_dir(NAME)
   name = ctx.data.name
   generate, latent_sampler, velocity, params, autoencoder = load_generator(ctx)
-  decode = autoencoder.decode
+  decode = autoencoder.decode_fn
   t = time.perf_counter()
   z0, z, x, nfe = generate(int(cfg.num_samples), ctx.config.seed)
   seconds = time.perf_counter() - t
@@ -145,7 +89,7 @@ def run(ctx: common.Context) -> dict:
   # Interpolations: between held-out latents (straight lines), and between noise vectors
   # (spherical) carried through the flow.
   pairs, steps = int(cfg.interp_pairs), int(cfg.interp_steps)
-  embed = autoencoder.embed
+  embed = autoencoder.encode
   n_pairs = min(pairs, ctx.data.x_test.shape[0] // 2)
   if n_pairs:
     za = embed(ctx.data.x_test[:2 * n_pairs:2])
@@ -169,8 +113,13 @@ def run(ctx: common.Context) -> dict:
   if cfg.compare_solvers:
     summary["solvers"] = compare_solvers(ctx, velocity, params,
                                          num=min(256, int(cfg.num_samples)))
-  logs.write_json(os.path.join(out_dir, "done.json"), {"fingerprint": stamp})
-  logs.update_summary(ctx.workdir, NAME, summary)
+  common.mark_done(ctx, NAME, summary=summary)
   logging.info("sample: %d samples with %s (NFE %.0f) in %.1f s -> %s", cfg.num_samples,
                solver, nfe, seconds, out_dir)
   return summary
+
+
+SPEC = common.StageSpec(
+    name=NAME, run=run, consumes_method=True, needs=("prior",),
+    inputs=common.sample_inputs, upstream=common.generator_upstream,
+    outputs=("samples.npz", "samples.png"), headline=("seconds", "nfe_per_sample"))
