@@ -26,7 +26,7 @@ setup(
     description="Geometry-preserving encoders (GPE) and Gromov-Monge embedding GANs in JAX/Flax",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["gpe_jax", "gpe_jax.*", "configs"]),
+    packages=find_packages(include=["gpe_jax", "gpe_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

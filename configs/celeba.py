@@ -29,5 +29,8 @@ def get_config(arg=None):
   config.encoder.update(num_steps=300000, lr=1e-4, target_loss=5e-4, eval_every=2000,
                         checkpoint_every=2000)
   config.decoder.update(num_steps=300000, lr=1e-4, eval_every=2000, checkpoint_every=2000)
-  return base.apply_arg(config, arg, {"data.batch_size": 16, "data.max_train": 256,
-                                      "data.max_test": 64})
+  # No labels here (attributes are not classes): measure generation in label-free feature
+  # spaces. Add 'inception' with --config.evaluate.inception_weights (docs/inception.md).
+  config.evaluate.extractors = ("pixels",)
+  return base.apply_arg(config, arg, {"data.num_held_out": 16, "data.batch_size": 16,
+                                      "data.max_train": 256, "data.max_test": 64})

@@ -6,10 +6,11 @@
 """
 
 
-def load(workdir: str, method: str | None = None, batch_size: int = 0):
+def load(workdir: str, method: str | None = None, batch_size: int = 0, complete: bool = False):
   """The trained ``method`` ('gpe', 'vae', ...; default: the one the workdir was run for) of
   ``workdir``, with its prior when there is one: ``encode(x)``, ``decode(z)``,
   ``reconstruct(x)``, ``sample(n, seed=..., solver=..., steps=...)``, ``latent_stats``.
-  Needs neither the training data nor the config files."""
+  Needs neither the training data nor the config files. ``complete=True`` refuses a workdir
+  that holds only the method's encoder."""
   from gpe_jax import autoencoders
-  return autoencoders.load(workdir, method=method, batch_size=batch_size)
+  return autoencoders.load(workdir, method=method, batch_size=batch_size, complete=complete)

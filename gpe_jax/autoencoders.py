@@ -177,6 +177,13 @@ def _select(tree, subtree: str | None):
   return tree
 
 
+def _nest(tree, subtree: str | None):
+  """``tree`` placed at the path ``subtree`` ('a/b') of an otherwise empty dict."""
+  for key in reversed(subtree.split("/") if subtree else []):
+    tree = {key: tree}
+  return tree
+
+
 def restore_variables(ckpt_dir: str, step: int, subtree: str | None = None,
                       use_ema: bool = False) -> tuple[dict, dict]:
   """(params, batch_stats) at ``step`` of a train-state checkpoint, restoring nothing else.
@@ -205,14 +212,15 @@ def restore_variables(ckpt_dir: str, step: int, subtree: str | None = None,
     def abstract(t):
       return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
                                                          sharding=device), t)
-    target = {params_key: abstract(_select(tree[params_key], subtree))}
+    target = {params_key: _nest(abstract(_select(tree[params_key], subtree)), subtree)}
     stats_meta = _select(tree.get("batch_stats", {}) or {}, subtree)
     if stats_meta:
-      target["batch_stats"] = abstract(stats_meta)
+      target["batch_stats"] = _nest(abstract(stats_meta), subtree)
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
     restored = ocp.PyTreeCheckpointer().restore(
         os.path.join(step_dir, "default"),
         args=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True))
+    restored = {k: _select(v, subtree) for k, v in restored.items()}
   except Exception as e:  # orbax raises many types; all mean an unreadable step here
     raise CheckpointError(
         f"The checkpoint at step {step} in {ckpt_dir} cannot be read ({type(e).__name__}: "
@@ -369,9 +377,11 @@ def default_method(workdir: str) -> str:
 
 
 def load(workdir: str, method: str | None = None, batch_size: int = 0,
-         complete: bool = True) -> Autoencoder:
+         complete: bool = False) -> Autoencoder:
   """The trained ``method`` of ``workdir`` (default: the one it was run for), with its prior
-  when the workdir's prior was trained on it. Needs no training data.
+  when the workdir's prior was trained on it. Needs no training data. Where only the method's
+  encoder is trained (an encoder-only run), ``encode`` works and ``decode`` says what is
+  missing, unless ``complete`` asks for both.
 
   Raises:
     ConfigError: no manifest of that method in the workdir (the message lists what is there).
@@ -381,7 +391,8 @@ def load(workdir: str, method: str | None = None, batch_size: int = 0,
   if not os.path.isdir(workdir):
     raise ConfigError(f"{workdir} is not a directory; give the --workdir of a finished run.")
   method = method or default_method(workdir)
-  found = find(workdir, method, complete=complete)
+  found = find(workdir, method, complete=True) or (
+      None if complete else find(workdir, method, complete=False))
   if found is None:
     have = sorted({f"{m['method']} ({m['stage']})" for _, m in manifests(workdir)})
     raise ConfigError(

@@ -306,7 +306,8 @@ def run(config, workdir: str) -> dict:
                  jax.devices()[0].platform, jax.process_count())
     logs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     writer = logs.MetricsWriter(workdir)
-    ctx = common.Context(config=config, workdir=workdir, mesh=mesh, data=data, writer=writer)
+    ctx = common.Context(config=config, workdir=workdir, mesh=mesh, data=data, writer=writer,
+                         stage_order=registry.names())
     try:
       adopt_legacy(ctx)
       for name in config.stages:

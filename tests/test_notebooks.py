@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
-INSTALL_URL = "git+https://github.com/gpe-jax/gpe_jax.git"
+INSTALL_URL = "https://github.com/gpe-jax/gpe_jax.git"
 CELL_TIMEOUT = 600   # seconds per cell
 STARTUP_TIMEOUT = 180
 
@@ -138,8 +138,10 @@ def test_committed_notebook_is_clean(name, monkeypatch):
   exec(compile(install, "install-cell", "exec"), {})
   assert calls == []
   monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+  monkeypatch.setattr(sys, "path", list(sys.path))   # the cell puts the checkout on it
   exec(compile(install, "install-cell", "exec"), {})
-  assert len(calls) == 1 and INSTALL_URL in calls[0][0]
+  assert len(calls) == 1 and INSTALL_URL in " ".join(calls[0][0])
+  assert "pip install -q -e" in " ".join(calls[0][0])
 
   # The parameter cell reads the size and the workdir from the environment.
   source = "\n".join(c.source for c in cells)

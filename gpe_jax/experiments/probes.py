@@ -527,6 +527,7 @@ def collapse_hessian_closed_form(x: np.ndarray, d: int) -> np.ndarray:
   """-(8 / n^2) L (x) I_d, L = diag(W 1) - W, W_ij = log(1 + |x_i - x_j|^2): the GME Hessian
   w.r.t. Z at any constant map (float64)."""
   w = np.asarray(hessian.pair_targets(jnp.asarray(x, jnp.float32), "gme"), np.float64)
+  w = 0.5 * (w + w.T)   # the float32 Gram form is symmetric only up to rounding
   np.fill_diagonal(w, 0.0)
   lap = np.diag(w.sum(axis=1)) - w
   n = x.shape[0]

@@ -65,6 +65,7 @@ class Context:
   data: Dataset
   writer: logs.MetricsWriter
   provenance: dict = dataclasses.field(default_factory=dict)
+  stage_order: tuple = ()   # the registry's order, for summary.json
 
   def stage_dir(self, name: str) -> str:
     path = os.path.join(self.workdir, name)
@@ -186,7 +187,7 @@ def mark_done(ctx: Context, name: str, result=None, summary: dict | None = None)
     rec.update(steps=int(result.steps), stopped_by=result.stopped_by,
                target_loss=float(cfg.get("target_loss", 0.0) or 0.0))
   logs.write_json(os.path.join(ctx.stage_dir(name), DONE), rec)
-  write_summary(ctx.workdir)
+  write_summary(ctx.workdir, ctx.stage_order)
   return full
 
 
