@@ -30,7 +30,8 @@ def get_config(arg=None):
                         checkpoint_every=2000)
   config.decoder.update(num_steps=300000, lr=1e-4, eval_every=2000, checkpoint_every=2000)
   # No labels here (attributes are not classes): measure generation in label-free feature
-  # spaces. Add 'inception' with --config.evaluate.inception_weights (docs/inception.md).
-  config.evaluate.extractors = ("pixels",)
+  # spaces: 16 x 16 thumbnails (raw 64 x 64 x 3 pixels would be a 12,288-D Frechet distance);
+  # add 'inception' with --config.evaluate.inception_weights (docs/inception.md).
+  config.evaluate.extractors = ("thumbnail",)
   return base.apply_arg(config, arg, {"data.num_held_out": 16, "data.batch_size": 16,
                                       "data.max_train": 256, "data.max_test": 64})

@@ -30,7 +30,11 @@ def test_config_and_smoke(name):
                 "encoder.num_steps", "encoder.lr", "decoder.num_steps", "decoder.lr"):
       node = c
       for part in key.split("."):
+        assert part in node, (name, key)
         node = node[part]
+      assert node is not None, (name, key)
+    assert c.data.batch_size >= 1 and c.model.latent_dim >= 1
+    assert c.encoder.num_steps >= 1 and c.decoder.num_steps >= 1 and c.encoder.lr > 0
   assert smoke.encoder.num_steps < full.encoder.num_steps
   assert smoke.data.batch_size <= full.data.batch_size
   assert smoke.data.batch_size % 8 == 0  # smoke runs also fit 8 fake devices

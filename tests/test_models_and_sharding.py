@@ -94,8 +94,12 @@ def test_train_step_one_device_equals_eight(stage):
     batches = [{"z": rng.normal(size=(16, 6)).astype(np.float32),
                 "x": rng.uniform(-1, 1, (16,) + shape).astype(np.float32)} for _ in range(2)]
   s1 = assert_one_device_equals_eight(make, batches)
-  # the step really trained: parameters moved
+  # the step really trained: two steps were taken and every parameter moved
   assert int(s1.step) == 2
+  init = jax.device_get(make[0](jax.random.key(0)))
+  moved = [not np.array_equal(np.asarray(a), np.asarray(b))
+           for a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(s1.params))]
+  assert moved and all(moved), moved
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():

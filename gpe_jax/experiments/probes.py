@@ -75,6 +75,32 @@ def selected(config) -> str:
   return "".join(sorted(set(which)))
 
 
+def validate(config) -> str:
+  """Every probe setting, checked before anything trains; returns the selected letters."""
+  which = selected(config)
+  p = config.probes
+  problems = []
+  for key, least in (("points", 2), ("lanczos_iters", 2), ("dense_max", 0), ("num_features", 1),
+                     ("decoder_points", 2), ("gd_steps", 1)):
+    if int(p[key]) < least:
+      problems.append(f"probes.{key}={p[key]} (need >= {least})")
+  if not p.betas or any(float(b) <= 0 for b in p.betas):
+    problems.append(f"probes.betas={tuple(p.betas)} (need positive scales)")
+  if not p.stop_fractions or any(not 0 <= float(f) <= 1 for f in p.stop_fractions):
+    problems.append(f"probes.stop_fractions={tuple(p.stop_fractions)} (need values in [0, 1])")
+  if not p.alphas or any(float(a) <= 1 for a in p.alphas):
+    problems.append(f"probes.alphas={tuple(p.alphas)} (need values > 1)")
+  if problems:
+    raise ConfigError("Invalid Hessian probe settings: " + "; ".join(problems) + ". Fix them "
+                      "with --config.probes.<name>=...")
+  path = str(p.encoder_checkpoint)
+  if path and not os.path.isdir(path):
+    raise ConfigError(f"config.probes.encoder_checkpoint={path!r} is not a directory; give the "
+                      "checkpoints folder of a finished GPE encoder stage "
+                      "(e.g. runs/NAME/encoder/checkpoints), or '' to train one.")
+  return which
+
+
 # ----------------------------------------------------------------------------------------------
 # Shared: batches, encoders, Lanczos at a scale.
 
@@ -630,7 +656,7 @@ PROBE_FNS = {"a": probe_scaling, "b": probe_training, "c": probe_decoder, "d": p
 
 def run(config, workdir: str) -> common.Report:
   """Run the probes of ``config.probes.which`` and return the report (figures in workdir)."""
-  which = selected(config)
+  which = validate(config)
   ctx = encoders.load_context(config)
   encs = Encoders(config, workdir, ctx)
   report = common.Report(title=f"Hessian probes of the curvature bounds — {ctx.data.name}")
