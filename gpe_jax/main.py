@@ -2,51 +2,42 @@ r"""Command line: ``python -m gpe_jax.main --config=configs/default.py --workdir
 
 Any config field can be overridden, e.g. ``--config.encoder.lr=3e-4`` or
 ``--config.stages="('encoder',)"``; ``--config=configs/mnist.py:smoke`` selects a config's
-seconds-long CPU variant. Rerunning a command with the same workdir resumes it.
-For multi-host runs pass ``--coordinator_address`` (``auto`` on TPU pods / SLURM).
+seconds-long CPU variant. Rerunning a command with the same workdir resumes it (Ctrl-C or
+SIGTERM stop it resumably). Without ``--workdir`` the run goes to ``runs/<data.name>``.
+For multi-host runs pass ``--coordinator_address`` (``auto`` on TPU pods / SLURM). The flags
+and the one-paragraph error messages are those of ``gpe_jax.cli``.
 """
 from __future__ import annotations
 
-import sys
+from gpe_jax import cli, logs
 
-from absl import app, flags
-from ml_collections import config_flags
+def headline(stage: str, values: dict) -> str:
+  """One line per stage: ``stage: steps=4, seconds=1.23, val_gme=...`` (the stage spec's
+  ``headline`` keys that its summary has)."""
+  from gpe_jax.stages import registry
+  names = registry.get(stage).headline if stage in registry.names() else ()
+  keys = [k for k in names if k in values]
+  return f"{stage}: " + ", ".join(f"{k}={values[k]:.4g}" if isinstance(values[k], float)
+                                  else f"{k}={values[k]}" for k in keys)
 
-from gpe_jax import logs, pipeline
-from gpe_jax.parallel import maybe_initialize_distributed
-from gpe_jax.pipeline import USER_ERRORS
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:smoke]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
-flags.DEFINE_string("coordinator_address", "", "host:port of process 0, or 'auto'.")
-flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", 0, "This process's index (multi-host).")
-flags.mark_flags_as_required(["config"])
+def default_workdir(config) -> str:
+  return f"runs/{config.data.name}"
 
-def main(argv):
-  del argv
-  logs.setup_logging()
-  config = FLAGS.config
-  workdir = FLAGS.workdir or f"runs/{config.data.name}"
-  maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
-  try:
+
+def run(config, workdir: str) -> None:
+  """Run the pipeline in ``workdir`` (holding its lock) and print each stage's headline."""
+  with logs.workdir_lock(workdir, what="python -m gpe_jax.main"):
+    from gpe_jax import pipeline  # here: a bad command line or a busy workdir fail at once
     summary = pipeline.run(config, workdir)
-  except USER_ERRORS as e:
-    print(f"\ngpe_jax error ({type(e).__name__}): {e}", file=sys.stderr)
-    sys.exit(2)
-  for stage, vals in summary.items():
-    keys = [k for k in ("steps", "seconds", "val_gme", "weak_bilip_frac_a1.5",
-                        "val_recon_mse", "val_mean_image_mse", "val_fm_loss",
-                        "nfe_per_sample", "fd_classifier_prior", "fd_classifier_noprior",
-                        "fd_classifier_recon", "fd_classifier_floor", "fd_pixels_prior",
-                        "fd_pixels_noprior") if k in vals]
-    print(f"{stage}: " + ", ".join(f"{k}={vals[k]:.4g}" if isinstance(vals[k], float)
-                                   else f"{k}={vals[k]}" for k in keys))
+  for stage, values in summary.items():
+    print(headline(stage, values))
   print(f"outputs in {workdir}")
 
 
+def main() -> None:
+  cli.run(run, "gpe_jax.main", require_workdir=False, default_workdir=default_workdir)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -28,7 +28,7 @@ import jax
 
 from gpe_jax import autoencoders, logs, parallel, plots, sampling, train_loop
 from gpe_jax.data import load_dataset
-from gpe_jax.errors import USER_ERRORS, ConfigError, StaleError  # noqa: F401  (re-exported)
+from gpe_jax.errors import ConfigError, StaleError
 from gpe_jax.stages import common, registry
 
 LOOP_MINIMA = {"num_steps": 1, "log_every": 1, "eval_every": 1, "checkpoint_every": 1,

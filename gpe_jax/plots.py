@@ -25,13 +25,22 @@ _DPI = 110
 
 
 def _save(fig, path) -> str:
-  """Writes fig to path (creating the parent folder), closes it, returns str(path)."""
+  """Writes fig to path (creating the parent folder) on process 0, closes it, returns str(path).
+
+  The other processes of a multi-process run only close the figure: the workdir is written
+  by process 0 alone.
+  """
+  from gpe_jax import logs  # here, not at the top: plotting must not need JAX to import
   path = os.fspath(path)
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-  plt.close(fig)
+  try:
+    if logs.is_main_process():
+      parent = os.path.dirname(path)
+      if parent:
+        os.makedirs(parent, exist_ok=True)
+      with logs.naming(path):
+        fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+  finally:
+    plt.close(fig)
   return path
 
 

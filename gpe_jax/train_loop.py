@@ -312,6 +312,7 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
       if reached:
         break
   except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the command line
+    mngr.wait_until_finished()   # a save in flight is then on disk (and counted)
     saved = mngr.latest_step()
     raise Interrupted(
         f"Interrupted at step {step} of stage '{stage.name}' (last checkpoint: "

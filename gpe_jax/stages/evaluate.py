@@ -119,4 +119,6 @@ SPEC = common.StageSpec(
     name=NAME, run=run, consumes_method=True, needs=("prior",), inputs=inputs,
     upstream=common.generator_upstream, validate=validate, outputs=("metrics.json",),
     headline=("fd_classifier_prior", "fd_classifier_noprior", "fd_classifier_recon",
-              "fd_classifier_floor", "fd_pixels_prior", "fd_pixels_noprior"))
+              "fd_classifier_floor", "fd_pixels_prior", "fd_pixels_noprior",
+              "fd_thumbnail_prior", "fd_thumbnail_noprior", "fd_inception_prior",
+              "fd_inception_noprior"))
