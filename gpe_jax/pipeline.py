@@ -70,7 +70,7 @@ def validate(config, workdir: str = "") -> None:
       from gpe_jax.evals import plugins
       plugins.check_names(tuple(section.get("evals", ())), spec.evaluators,
                           f"config.{name}.evals")
-    if spec.consumes_method or name in ("prior", "sample"):
+    if spec.consumes_method:
       _check_sampling(config)
   _check_needs(config, workdir, stages)
 
@@ -119,14 +119,10 @@ def validate_with_data(config, data) -> None:
   """What needs the data: extractors that need labels or images, weights files, the models'
   fit to the data's shape."""
   from gpe_jax import models
-  from gpe_jax.evals import features
   stages = tuple(config.stages)
   if any(registry.get(s).trains for s in stages):
     models.build_encoder(config.model, data.example_shape)
     models.build_decoder(config.model, data.example_shape)
-  if "prior" in stages:
-    fds = tuple(n[len("fd_"):] for n in config.prior.evals if n.startswith("fd_"))
-    features.validate_extractors(fds, data, config.evaluate, "config.prior.evals")
   for name in stages:
     spec = registry.get(name)
     if spec.validate is not None:

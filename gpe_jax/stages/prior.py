@@ -195,8 +195,16 @@ def timed_step(config, batch: dict):
           {"z0": batch["z0"], "z1": batch["z"]})
 
 
+def validate(config, data) -> None:
+  """The Frechet evaluators' feature spaces (labels, images, weights) before training."""
+  from gpe_jax.evals import features
+  fds = tuple(n[len("fd_"):] for n in config.prior.evals if n.startswith("fd_"))
+  features.validate_extractors(fds, data, config.evaluate, "config.prior.evals")
+
+
 SPEC = common.StageSpec(
     name=NAME, run=run, trains=True, consumes_method=True, inputs=inputs,
     timed_step=timed_step,
     upstream=lambda ctx: {"autoencoder": common.method_dir(ctx)},
-    evaluators=plugins.PRIOR_EVALUATORS, headline=("steps", "seconds", "val_fm_loss"))
+    validate=validate, evaluators=plugins.PRIOR_EVALUATORS,
+    headline=("steps", "seconds", "val_fm_loss"))
