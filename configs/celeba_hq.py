@@ -30,4 +30,6 @@ def get_config(arg=None):
   # add 'inception' with --config.evaluate.inception_weights (docs/inception.md).
   config.evaluate.extractors = ("thumbnail",)
   return base.apply_arg(config, arg, {"data.num_held_out": 8, "data.batch_size": 8,
-                                      "data.max_train": 64, "data.max_test": 16})
+                                      "data.max_train": 64, "data.max_test": 16,
+                                      "model.enc_features": (4, 8, 8, 16, 16, 32),
+                                      "model.dec_features": (32, 16, 16, 8, 8, 4)})

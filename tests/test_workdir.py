@@ -12,24 +12,17 @@ import pytest
 
 import gpe_jax
 from gpe_jax import autoencoders, errors, logs, models, pipeline, train_loop
+from gpe_jax.experiments.common import variant
 from gpe_jax.stages import common, registry
 
 from configs import default
 
 
 def smoke_config(**overrides):
-  cfg = default.get_config("smoke")
-  cfg.evaluate.extractors = ("pixels",)   # no classifier to train
-  cfg.prior.evals = ("fm_loss",)
-  cfg.sample.compare_solvers = False
-  cfg.num_devices = 1
-  for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  """The smoke config, evaluated in pixel space (no classifier to train), on one device."""
+  return variant(default.get_config("smoke"), **dict({
+      "evaluate.extractors": ("pixels",), "prior.evals": ("fm_loss",),
+      "sample.compare_solvers": False, "num_devices": 1}, **overrides))
 
 
 def read(path):
@@ -236,7 +229,6 @@ def test_a_new_method_is_one_registered_spec(tmp_path):
   registry.register(spec)
   try:
     cfg = smoke_config(method="toyae", stages=("toyae", "prior", "sample", "evaluate"))
-    cfg.unlock()
     cfg.toyae = cfg.ae.copy_and_resolve_references()
     wd = str(tmp_path / "wd")
     summary = pipeline.run(cfg, wd)
@@ -248,3 +240,15 @@ def test_a_new_method_is_one_registered_spec(tmp_path):
   finally:
     registry.unregister("toyae")
   assert "toyae" not in registry.names()
+
+
+def test_another_method_retrains_the_prior_and_keeps_the_old_one_aside(copy):
+  summary = pipeline.run(smoke_config(method="ae", stages=("ae", "prior", "sample",
+                                                            "evaluate")), copy)
+  assert summary["prior"]["method"] == "ae" and summary["evaluate"]["protocol"]["method"] == "ae"
+  assert any(s.startswith("prior-") for s in os.listdir(os.path.join(copy, "stale")))
+  manifest = read(os.path.join(copy, "ae", "manifest.json"))
+  assert manifest["encoder"]["subtree"] == "encoder" and manifest["decoder"]["input"] == "raw"
+  model = gpe_jax.load(copy)   # the workdir's prior is now the AE's
+  assert model.method == "ae" and model.sample(2, seed=0).shape == (2, 8, 8, 1)
+  assert gpe_jax.load(copy, method="gpe").prior is None   # the GPE decoder is still there

@@ -185,7 +185,10 @@ def run(ctx: common.Context) -> dict:
 
 
 def inputs(config) -> dict:
-  return dict(common.section_inputs(config.prior), method=str(config.method))
+  """The prior section without the loop settings; whose latents it learns (the method's
+  stage, fingerprint and step) is its upstream, so another method retrains it (moving the old
+  one aside) instead of stopping the run."""
+  return common.section_inputs(config.prior)
 
 
 def timed_step(config, batch: dict):
