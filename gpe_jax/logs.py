@@ -213,15 +213,6 @@ def read_metrics(workdir: str) -> list[dict]:
   return rows
 
 
-def update_summary(workdir: str, stage: str, values: dict) -> dict:
-  """Merge ``values`` into summary.json[stage] and return the whole summary."""
-  path = os.path.join(workdir, "summary.json")
-  summary = read_json(path, {})
-  summary[stage] = to_jsonable(values)
-  write_json(path, summary)
-  return summary
-
-
 class MetricsWriter:
   """Appends JSON lines to metrics.jsonl and scalars to TensorBoard (process 0 only)."""
 

@@ -204,11 +204,6 @@ def write_summary(workdir: str, order: tuple = ()) -> dict:
   return summary
 
 
-def previous_summary(ctx: Context, name: str) -> dict:
-  rec = read_done(os.path.join(ctx.workdir, name)) or {}
-  return rec.get("summary", {})
-
-
 def inference_fn(model, **kwargs) -> Callable:
   """``models.inference_fn`` (kept here for the stages that import it from common)."""
   return models.inference_fn(model, **kwargs)
