@@ -30,6 +30,23 @@ def stage_config(num_steps=1000, lr=1e-4, target_loss=0.0, **overrides):
   return c
 
 
+GAN_METHODS = ("gmegan", "gan", "wgan", "wgan_gp", "wgan_div", "vaegan", "veegan")
+
+
+def gan_config(nets, num_steps=2000, lr=2e-4, n_critic=1, b1=0.5, b2=0.999, **weights):
+  """A GAN method's section: the loop settings, ``n_critic``, the loss weights, and one
+  optimiser sub-section per network (``G``, ``T``, ``psi``, ``f``: lr, b1, b2, optimizer)."""
+  c = stage_config(num_steps=num_steps, lr=lr)
+  del c["lr"], c["b1"], c["b2"]   # per network, below
+  c.n_critic = n_critic
+  c.update(weights)
+  for net in nets:
+    c[net] = ml_collections.ConfigDict(dict(lr=lr, b1=b1, b2=b2, optimizer="adam"))
+  c.evals = ()              # 'modes' (GMEGAN mixture), 'fd_<extractor>'
+  c.evals_every = 0
+  return c
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -75,6 +92,32 @@ def get_config():
   # a small default weight.
   config.vae_mds = stage_config(num_steps=2000, lr=1e-4, beta=1.0, mds_weight=0.01)
   config.ae_mds = stage_config(num_steps=2000, lr=1e-4, mds_weight=0.01)
+
+  # GAN methods (PAPERS §2; gpe_jax/stages/gans.py): G is the decoder family, T the encoder
+  # family, the critic psi and GMEGAN's inverse network f are sized here. A GAN method is
+  # sampled as G(z), z ~ N(0, I), without a prior: e.g. --config.method=gmegan
+  # --config.stages="('gmegan','sample','evaluate')".
+  config.gans = g = ml_collections.ConfigDict()   # shared by every GAN method
+  g.critic_hidden = (512, 256)     # mlp critic; conv critic: Dense layers after the convs
+  g.critic_features = (32, 64, 128)  # conv critic: one level (x1/2 resolution) per entry
+  g.critic_extra_convs = 0
+  g.critic_layer_norm = False
+  g.inverse_hidden = (128, 128)    # f: d -> 128 -> 128 -> d, ReLU
+  g.pair_hidden = (128,)           # VEEGAN's joint critic head on [features(x), z]
+  g.eval_samples = 2000            # samples per scheduled / final evaluation
+  g.mode_min_fraction = 0.01       # a mixture mode counts as covered at >= 1% of samples
+  # GMEGAN (Algorithm 1): c_T GME weight, c_G data reconstruction, c_R latent reconstruction,
+  # penalty (k/2) E|grad psi|^p at real and fake points; inverse: train f (else identity).
+  config.gmegan = gan_config(("psi", "T", "G", "f"), c_T=10.0, c_G=1.0, c_R=0.5, k=1.0,
+                             p=2.0, inverse=True)
+  config.gan = gan_config(("psi", "G"))          # non-saturating GAN
+  config.wgan = gan_config(("psi", "G"), lr=5e-5, n_critic=5, clip=0.01)
+  config.wgan.psi.optimizer = config.wgan.G.optimizer = "rmsprop"
+  config.wgan_gp = gan_config(("psi", "G"), lr=1e-4, n_critic=5, b1=0.0, b2=0.9,
+                              gp_weight=10.0)
+  config.wgan_div = gan_config(("psi", "G"), lr=2e-4, n_critic=5, k=2.0, p=6.0)
+  config.vaegan = gan_config(("psi", "T", "G"), beta=1.0, gamma=5.0)
+  config.veegan = gan_config(("psi", "T", "G"), recon_weight=1.0)
 
   # Stage 3: flow-matching prior in the normalised latent space (PAPERS §1.5). The paper used
   # lr 2e-5 with grad clip 1.0 on GPUs; the CPU configs train shorter with a larger lr.
@@ -150,7 +193,7 @@ def get_config():
 
 def smoke(config, steps=4):
   """Shrink a config to a seconds-long CPU run (every stage still runs end to end)."""
-  for name in ("encoder", "decoder", "vae", "ae", "vae_mds", "ae_mds", "prior"):
+  for name in ("encoder", "decoder", "vae", "ae", "vae_mds", "ae_mds", "prior", *GAN_METHODS):
     s = config[name]
     s.num_steps = steps
     s.log_every = 2
@@ -158,6 +201,7 @@ def smoke(config, steps=4):
     s.checkpoint_every = 2
     s.progress_bar = False
   config.prior.eval_samples = 64
+  config.gans.eval_samples = 64
   config.prior.eval_ode_steps = 4
   config.sample.num_samples = 64
   config.sample.num_steps = 4

@@ -12,7 +12,7 @@ The stage that completes a method writes ``<stage>/manifest.json``:
      "latent_stats": {"mean": [...], "scale": C, "num_samples": n} | null,
      "data": {"name": "digits", "labelled": true}}
 
-``encoder`` says which checkpoint (exact step) holds the encoder T and where in its
+``encoder`` (null for a generator trained without one: GAN, WGAN) says which checkpoint (exact step) holds the encoder T and where in its
 ``params``/``batch_stats`` the encoder's variables are (``subtree``, e.g. ``"encoder"`` for a
 jointly trained baseline), and the head (``mean``: the first half of a (mean, log-variance)
 output). ``decoder.input`` says what the decoder takes: the normalised latents z = C (T(x) - m)
@@ -111,10 +111,10 @@ def part(workdir: str, ckpt_dir: str, step: int, subtree: str | None = None, **f
   return dict({"checkpoint": rel, "step": int(step), "subtree": subtree}, **fields)
 
 
-def autoencoder_manifest(method: str, stage: str, config, example_shape, encoder: dict,
+def autoencoder_manifest(method: str, stage: str, config, example_shape, encoder: dict | None,
                          decoder: dict | None, stats: dict | None, labelled: bool) -> dict:
   """The manifest a stage writes when it completes (part of) ``method``."""
-  if encoder.get("head") not in HEADS:
+  if encoder is not None and encoder.get("head") not in HEADS:
     raise ValueError(f"encoder head {encoder.get('head')!r} is not one of {HEADS}")
   if decoder is not None and decoder.get("input") not in DECODER_INPUTS:
     raise ValueError(f"decoder input {decoder.get('input')!r} is not one of {DECODER_INPUTS}")
@@ -296,8 +296,16 @@ class Autoencoder:
       raise ConfigError(f"Method {self.method!r} has no encoder in {self.stage_dir}.")
     return batched_apply(self.embed_fn, np.asarray(x, np.float32), self.batch_size)
 
+  @property
+  def samples_noise(self) -> bool:
+    """True for a generator of N(0, I) noise (a GAN's G): its latents are the noise space."""
+    return bool(self.manifest["decoder"]) and self.manifest["decoder"]["input"] == "noise"
+
   def encode(self, x: np.ndarray) -> np.ndarray:
-    """x [N, ...] -> normalised latents C (T(x) - m) [N, d] (the space the prior lives in)."""
+    """x [N, ...] -> normalised latents C (T(x) - m) [N, d] (the space the prior lives in);
+    for a noise generator (a GAN) the raw T(x), which lives in G's noise space."""
+    if self.samples_noise:
+      return self.embed(x)
     return normalize_latents(self.embed(x), self.latent_stats)
 
   def decode(self, z: np.ndarray) -> np.ndarray:
@@ -314,10 +322,15 @@ class Autoencoder:
 
   def sample(self, n: int, seed: int = 0, solver: str | None = None, steps: int | None = None,
              return_latents: bool = False):
-    """``n`` generated examples: N(0, I) noise carried by the prior's flow (integrator
+    """``n`` generated examples: N(0, I) noise carried by the prior's flow (a GAN: G(noise);
+    ``solver`` and ``steps`` then do not apply) (integrator
     ``solver``: euler | heun | rk4 | dopri5, ``steps`` for the fixed-step ones; defaults are
     the workdir's ``config.sample``), then decoded. Returns x [n, ...] (and the latents when
     ``return_latents``)."""
+    if self.samples_noise:   # a GAN: x = G(z), z ~ N(0, I)
+      z0, z, x, _ = sampling.generate(sampling.identity_sampler, None, self.decode_fn, n,
+                                      self.latent_dim, seed, self.batch_size)
+      return (x, z) if return_latents else x
     if self.prior is None:
       raise ConfigError(f"{self.workdir} holds no trained prior for method {self.method!r}; "
                         "run the 'prior' stage with --config.method="

@@ -222,3 +222,51 @@ def flow_matching_loss(v: jax.Array, u: jax.Array) -> jax.Array:
   """CFM loss E |v_theta(z_t, t) - (z1 - z0)|^2, per latent dimension (so values are
   comparable across latent sizes; the gradient direction is the paper's), scalar."""
   return jnp.mean(flow_matching_per_example(v, u))
+
+
+# ----------------------------------------------------------------------------------------------
+# Adversarial losses and gradient penalties (PAPERS §2). ``f`` below is a per-example scalar
+# function [n, ...] -> [n] that treats examples independently (a critic without BatchNorm), so
+# the gradient of its sum is the batch of per-example input gradients.
+
+def input_gradients(f, x: jax.Array) -> jax.Array:
+  """Per-example input gradients d f(x)_i / d x_i, [n, ...] (same shape as x).
+
+  Differentiable again (double backprop): a penalty built on these can be minimised with
+  respect to f's parameters by ``jax.grad``.
+  """
+  return jax.grad(lambda a: jnp.sum(f(a)))(x)
+
+
+def grad_sq_norms(g: jax.Array) -> jax.Array:
+  """|g_i|^2 per row, [n] (float32 or wider)."""
+  return jnp.sum(jnp.square(_at_least_f32(_flat(g))), axis=1)
+
+
+def wdiv_penalty(grad_real: jax.Array, grad_fake: jax.Array, k: float, p: float) -> jax.Array:
+  """Wasserstein-divergence penalty (k/2) E[|grad psi(x)|^p + |grad psi(G z)|^p] (Wu et al.
+  2018; GMEGAN's critic term), from per-example gradients at real and fake points, scalar.
+
+  |g|^p is computed as (|g|^2)^(p/2), which is smooth at g = 0 for p >= 2.
+  """
+  half = 0.5 * p
+  return 0.5 * k * (jnp.mean(grad_sq_norms(grad_real) ** half)
+                    + jnp.mean(grad_sq_norms(grad_fake) ** half))
+
+
+def wgan_gp_penalty(grad_interp: jax.Array) -> jax.Array:
+  """WGAN-GP penalty E[(|grad psi(x_hat)| - 1)^2] at interpolates x_hat (Gulrajani et al.
+  2017; multiply by lambda), scalar."""
+  return jnp.mean(jnp.square(_safe_sqrt(grad_sq_norms(grad_interp)) - 1.0))
+
+
+def bce_logits(logits: jax.Array, label: float) -> jax.Array:
+  """Binary cross-entropy of logits against a constant label (1: real, 0: fake), mean."""
+  logits = _at_least_f32(logits)
+  return jnp.mean(jax.nn.softplus(-logits) if label else jax.nn.softplus(logits))
+
+
+def latent_sq_error(z: jax.Array, z_hat: jax.Array) -> jax.Array:
+  """Mean over the batch and the latent dimensions of (z - z_hat)^2 (GMEGAN's and VEEGAN's
+  reconstruction of the noise), scalar."""
+  return recon_mse(z, z_hat)

@@ -52,6 +52,12 @@ def validate(config, workdir: str = "") -> None:
   if config.method not in methods:
     raise ConfigError(f"config.method={config.method!r} is not a method; use one of "
                       f"{tuple(methods)}.")
+  generator = registry.get(methods[config.method]).generator
+  samplers = [s for s in stages if registry.get(s).latent_sampler]
+  if generator and samplers:
+    raise ConfigError(f"config.method={config.method!r} generates G(z) from N(0, I) noise and "
+                      f"has no use for a latent prior, but config.stages lists {samplers}. Drop "
+                      f"it: --config.stages=\"{tuple(s for s in stages if s not in samplers)!r}\".")
   if int(config.model.latent_dim) < 1:
     raise ConfigError(f"config.model.latent_dim={config.model.latent_dim} must be >= 1.")
   if int(config.data.batch_size) < 1:
@@ -66,7 +72,7 @@ def validate(config, workdir: str = "") -> None:
                             + (" (a stage that runs trains at least one step; leave it out "
                                "of config.stages to skip it)" if key == "num_steps" else "")
                             + ".")
-      train_loop.make_optimizer(section)   # the lr schedule name
+      train_loop.check_schedule(section, f"config.{name}")
       from gpe_jax.evals import plugins
       plugins.check_names(tuple(section.get("evals", ())), spec.evaluators,
                           f"config.{name}.evals")
@@ -99,7 +105,10 @@ def _check_needs(config, workdir: str, stages: tuple) -> None:
     earlier = stages[:i]
     wanted = list(spec.needs)
     if spec.consumes_method:
-      wanted.append(registry.methods()[config.method])
+      completes = registry.methods()[config.method]
+      if registry.get(completes).generator:   # G(z) from noise: no latent sampler is read
+        wanted = [n for n in wanted if not registry.get(n).latent_sampler]
+      wanted.append(completes)
     if spec.encoder_of is not None and spec.encoder_of(config):
       method = spec.encoder_of(config)
       stage = registry.encoder_stage(method)

@@ -325,6 +325,33 @@ def latent_scatter(z, labels, path, title: str = "") -> str:
   return _save(fig, path)
 
 
+def sample_scatter(x_gen, x_real, path, title: str = "") -> str:
+  """Generated vectors over real ones in the first two coordinates (vector data).
+
+  Args:
+    x_gen: [n, D] generated samples (drawn as small crosses, coloured by their other-coordinate
+      RMS, which shows samples that are off the data's thin slab).
+    x_real: [m, D] real samples (grey dots).
+    path: output PNG path.
+    title: figure title.
+  """
+  g = np.asarray(x_gen, np.float64).reshape(len(x_gen), -1)
+  r = np.asarray(x_real, np.float64).reshape(len(x_real), -1)
+  fig, ax = plt.subplots(figsize=(5.6, 5.2))
+  ax.scatter(r[:, 0], r[:, 1], s=4, c="0.7", lw=0, label="data")
+  off = np.sqrt(np.mean(np.square(g[:, 2:]), axis=1)) if g.shape[1] > 2 else np.zeros(len(g))
+  sc = ax.scatter(g[:, 0], g[:, 1], s=6, c=off, cmap="viridis", marker="x", lw=0.6,
+                  label="generated")
+  fig.colorbar(sc, ax=ax, label="RMS of coordinates 3..D")
+  ax.set_xlabel("x[0]")
+  ax.set_ylabel("x[1]")
+  ax.set_aspect("equal", adjustable="datalim")
+  ax.legend(fontsize=7, loc="upper right")
+  if title:
+    ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
 def distortion_plot(dx, dz, path, title: str = "") -> str:
   """How an encoder distorts distances: pairs of data vs latent distances.
 

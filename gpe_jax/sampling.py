@@ -309,6 +309,12 @@ def make_latent_sampler(velocity_model, method: str = "heun", num_steps: int = 2
   return fn
 
 
+def identity_sampler(params, z0):
+  """The latent sampler of a generator that takes the noise itself (a GAN): z = z0, 0 NFE."""
+  del params
+  return z0, {"nfe": 0}
+
+
 def generate(latent_sampler, params, decode, num: int, latent_dim: int, seed: int,
              batch_size: int):
   """Draw ``num`` samples: z0 ~ N(0, I) (from ``default_rng(seed)``), z = flow(z0), x = decode(z).

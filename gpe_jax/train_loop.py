@@ -89,6 +89,25 @@ class TrainState:
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                         **changes)
 
+  def apply_net_gradients(self, tx, net: str, grads, **changes) -> "TrainState":
+    """One optimiser step of network ``net`` only, in a state that trains several networks
+    with one optimiser each (``params``, ``opt_state`` and ``batch_stats`` are dicts keyed by
+    network; a GAN's psi, G, T, f). The step counter is not advanced: a step of such a stage is
+    several of these updates, and ends with ``replace(step=step + 1)``.
+
+    Args:
+      tx: network ``net``'s optax transformation (the one ``opt_state[net]`` was made by).
+      net: the network's key.
+      grads: gradients, same tree as ``params[net]``.
+      **changes: further fields to replace.
+    """
+    updates, net_opt = tx.update(grads, self.opt_state[net], self.params[net])
+    params = dict(self.params)
+    params[net] = optax.apply_updates(self.params[net], updates)
+    opt_state = dict(self.opt_state)
+    opt_state[net] = net_opt
+    return self.replace(params=params, opt_state=opt_state, **changes)
+
   def sampling_params(self):
     """The weights to sample or evaluate with: the EMA where the stage keeps one."""
     return self.ema_params if self.ema_params else self.params
@@ -215,13 +234,27 @@ def restore_checkpoint(ckpt_dir: str, abstract_state, mesh, step: int | None = N
       f"{then}.")
 
 
-def _check_finite(stage: str, step: int, loss: float, last_ok: int) -> None:
-  if not np.isfinite(loss):
-    raise NonFiniteError(
-        f"Stage '{stage}': the training loss is {loss} at step {step} (finite at step "
-        f"{last_ok}). Training stopped; checkpoints up to the last finite check are kept. Lower "
-        f"--config.{stage}.lr, enable --config.{stage}.grad_clip, or check the data for "
-        "NaNs, then rerun the same command to resume from the last checkpoint.")
+def _check_finite(stage: str, step: int, metrics: dict, last_ok: int) -> None:
+  """Raise NonFiniteError when the step's loss is not finite. A stage that trains several
+  networks reports each one's loss as ``loss_<net>``; the message then names the networks
+  whose loss is not finite and their learning-rate keys."""
+  loss = metrics["loss"]
+  if np.isfinite(loss):
+    return
+  bad = [k[len("loss_"):] for k, v in metrics.items()
+         if k.startswith("loss_") and not np.isfinite(v)]
+  if bad:
+    values = ", ".join(f"{b}={metrics['loss_' + b]}" for b in bad)
+    which = (f"the loss of network{'s' if len(bad) > 1 else ''} {', '.join(bad)} is not "
+             f"finite ({values})")
+    fix = " or ".join(f"--config.{stage}.{b}.lr" for b in bad)
+  else:
+    which, fix = f"the training loss is {loss}", f"--config.{stage}.lr"
+  raise NonFiniteError(
+      f"Stage '{stage}': {which} at step {step} (finite at step "
+      f"{last_ok}). Training stopped; checkpoints up to the last finite check are kept. Lower "
+      f"{fix}, enable --config.{stage}.grad_clip, or check the data for "
+      "NaNs, then rerun the same command to resume from the last checkpoint.")
 
 
 def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int) -> Result:
@@ -296,7 +329,7 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
       is_eval = step % cfg.eval_every == 0 or step == num_steps
       if is_log or is_ckpt:
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(stage.name, step, host["loss"], last_ok)
+        _check_finite(stage.name, step, host, last_ok)
         last_ok = step
         now = time.perf_counter()
         host["steps_per_sec"] = (step - window_s) / max(now - window_t, 1e-9)
@@ -344,6 +377,17 @@ def stage_salt(name: str) -> int:
     return _PINNED_SALTS[name]
   digest = hashlib.sha256(name.encode()).digest()
   return int.from_bytes(digest[:4], "little") % (2 ** 31)
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(stage_cfg, where: str) -> None:
+  """Raises ConfigError when ``stage_cfg.lr_schedule`` is not one of ``SCHEDULES``."""
+  kind = stage_cfg.get("lr_schedule", "constant")
+  if kind not in SCHEDULES:
+    raise parallel.ConfigError(f"{where}.lr_schedule={kind!r} is not known; use one of "
+                               f"{SCHEDULES}.")
 
 
 def learning_rate(stage_cfg):

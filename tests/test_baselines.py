@@ -151,6 +151,6 @@ def test_method_without_its_stage_is_a_clear_error(tmp_path):
                 "--config.stages=('prior','sample','evaluate')", timeout=120)
   assert res.returncode == 2
   assert "'ae'" in res.stderr and "config.stages" in res.stderr
-  res = run_cli(SMOKE, f"--workdir={tmp_path / 'wd'}", "--config.method=gan",
+  res = run_cli(SMOKE, f"--workdir={tmp_path / 'wd'}", "--config.method=flowgan",
                 "--config.stages=('encoder',)", timeout=120)
   assert res.returncode == 2 and "vae_mds" in res.stderr

@@ -69,3 +69,33 @@ def test_config_files_document_their_command():
     doc = importlib.import_module(f"configs.{name}").__doc__
     assert f"--config=configs/{name}.py" in doc, name
     assert os.path.exists(os.path.join(root, "configs", f"{name}.py"))
+
+
+GAN_CONFIGS = {"gmegan_mixture": (100,), "gmegan_fashion_mnist": (32, 32, 1),
+               "gmegan_cifar10": (32, 32, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(GAN_CONFIGS))
+def test_gan_configs_smoke_and_networks(name):
+  from gpe_jax.stages import gans
+  full, smoke = load(name), load(name, "smoke")
+  for c in (full, smoke):
+    assert c.method == "gmegan" and tuple(c.stages) == ("gmegan", "sample", "evaluate")
+    shape = GAN_CONFIGS[name]
+    for method in gans.NAMES:
+      mods, _ = gans.build(c, method, shape)
+      state = jax.eval_shape(gans.make_init_fn(method, mods, gans.build(c, method, shape)[1],
+                                               shape, int(c.model.latent_dim)),
+                             jax.random.key(0))
+      assert set(state.params) == set(gans.nets_of(method, c[method]))
+  assert smoke.gmegan.num_steps < full.gmegan.num_steps
+  assert smoke.data.batch_size % 8 == 0
+  if name == "gmegan_cifar10":   # PAPERS §2, the paper's CIFAR-10 settings
+    g = full.gmegan
+    assert (g.c_T, g.c_G, g.c_R, g.k, g.p, full.data.batch_size) == (10, 1, 0.5, 1, 2, 64)
+    assert (g.T.lr, g.psi.lr, g.G.lr, g.G.b1, g.G.b2) == (1e-5, 1e-5, 2e-5, 0.5, 0.999)
+  if name == "gmegan_mixture":   # the authors' mixture: 12 modes; ':9' the 9-mode variant
+    assert full.data.mixture.num_components == 12 and full.data.batch_size == 16
+    nine = load(name, "9")
+    assert nine.data.mixture.num_components == 9 and nine.gmegan.num_steps == 20000
+    assert load(name, "9:smoke").data.mixture.num_components == 9

@@ -30,7 +30,8 @@ def test_default_config_has_every_field_and_overrides():
     assert field in cfg
   assert (cfg.name, cfg.source, cfg.num_held_out, cfg.batch_size) == ('digits', 'auto', 297, 100)
   assert cfg.mixture.to_dict() == dict(num_components=6, dim=500, num_train=6000, num_test=1200,
-                                       radius=4.0, std_major=0.6, std_minor=0.01, seed=0)
+                                       radius=4.0, std_major=0.6, std_minor=0.01, seed=0,
+                                       layout='circle', shift=0.0)
   cfg = default_data_config(name='mixture', mixture=dict(dim=10))
   assert cfg.name == 'mixture' and cfg.mixture.dim == 10 and cfg.mixture.num_components == 6
   with pytest.raises(DataError, match='unknown field'):
@@ -294,6 +295,71 @@ def test_mixture_shapes_labels_and_variance():
   assert not np.array_equal(ds.x_train[:600], ds.x_test)  # independent draws
   with pytest.raises(DataError, match='image_size'):
     load_dataset(default_data_config(name='mixture', image_size=32))
+
+
+# The GMEGAN authors' mixture: r = 1.1 sigma, sigma = 0.15, shift 0.5, minor std 0.1 sigma.
+_RINGS = dict(layout='rings', dim=100, radius=0.165, shift=0.5, std_major=0.15, std_minor=0.015,
+              num_train=3000, num_test=300)
+
+
+@pytest.mark.parametrize('k', [12, 9])
+def test_mixture_rings_layout(k):
+  cfg = default_data_config(name='mixture', mixture=dict(_RINGS, num_components=k))
+  ds = load_dataset(cfg)
+  assert ds.x_train.shape == (3000, 100) and ds.num_classes == k
+  spec = sources.mixture_spec(cfg)
+  centres = spec['centres']
+  assert centres.shape == (k, 100) and spec['inner'] == k // 3 and spec['layout'] == 'rings'
+  assert (spec['std_major'], spec['std_minor']) == (0.15, 0.015)
+  np.testing.assert_array_equal(centres, sources.mixture_centres(k, 100, 0.165, 'rings', 0.5))
+  rel = centres[:, :2] - 0.5
+  radii = np.linalg.norm(rel, axis=1)
+  np.testing.assert_allclose(radii[:k // 3], 3 * 0.165)
+  np.testing.assert_allclose(radii[k // 3:], 9 * 0.165)
+  np.testing.assert_array_equal(centres[:, 2:], 0.0)
+  for ring, n in ((slice(0, k // 3), k // 3), (slice(k // 3, k), 2 * k // 3)):
+    angles = np.arctan2(rel[ring, 1], rel[ring, 0]) % (2 * np.pi)
+    np.testing.assert_allclose(angles, 2 * np.pi * np.arange(n) / n, atol=1e-12)
+  counts = np.bincount(ds.y_train, minlength=k)
+  np.testing.assert_allclose(counts / 3000, 1 / k, atol=0.03)
+  std = (ds.x_train - centres[ds.y_train]).std(axis=0)
+  np.testing.assert_allclose(std[:2], 0.15, rtol=0.1)
+  np.testing.assert_allclose(std[2:], 0.015, rtol=0.1)
+  assert 'layout=rings' in ds.source
+
+
+def test_mixture_circle_shift_and_positional_centres():
+  base = sources.mixture_centres(6, 5, 4.0)
+  np.testing.assert_array_equal(base, sources.mixture_centres(6, 5, 4.0, 'circle', 0.0))
+  shifted = sources.mixture_centres(6, 5, 4.0, layout='circle', shift=0.5)
+  np.testing.assert_allclose(shifted[:, :2], base[:, :2] + 0.5)
+  np.testing.assert_array_equal(shifted[:, 2:], 0.0)
+  cfg = default_data_config(name='mixture', mixture=dict(dim=5, num_train=50, num_test=20))
+  spec = sources.mixture_spec(cfg)
+  assert spec['layout'] == 'circle' and spec['inner'] is None
+  np.testing.assert_array_equal(spec['centres'], base)
+  plain = load_dataset(cfg)
+  cfg.mixture.shift = 0.5
+  moved = load_dataset(cfg)
+  np.testing.assert_allclose(moved.x_train[:, :2], plain.x_train[:, :2] + 0.5, atol=1e-5)
+  np.testing.assert_array_equal(moved.x_train[:, 2:], plain.x_train[:, 2:])
+
+
+@pytest.mark.parametrize('k', [10, 2, 4])
+def test_mixture_rings_bad_k(k):
+  cfg = default_data_config(name='mixture', mixture=dict(_RINGS, num_components=k))
+  with pytest.raises(DataError, match='multiple of 3'):
+    load_dataset(cfg)
+  with pytest.raises(DataError, match='multiple of 3'):
+    sources.mixture_centres(k, 4, 1.0, layout='rings')
+
+
+def test_mixture_bad_layout():
+  cfg = default_data_config(name='mixture', mixture=dict(layout='ring'))
+  with pytest.raises(DataError, match="layout='ring'.*'circle', 'rings'"):
+    load_dataset(cfg)
+  with pytest.raises(DataError, match='Unknown mixture layout'):
+    sources.mixture_centres(6, 4, 1.0, layout='spiral')
 
 
 # ----------------------------------------------------------------------------- missing data

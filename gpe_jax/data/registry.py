@@ -50,7 +50,7 @@ ALLOWED_SOURCES = {
 _FIELDS = ('name', 'path', 'source', 'image_size', 'center_crop', 'num_held_out', 'max_train',
            'max_test', 'split_seed', 'tfds_data_dir', 'mixture', 'batch_size')
 _MIXTURE_FIELDS = ('num_components', 'dim', 'num_train', 'num_test', 'radius', 'std_major',
-                   'std_minor', 'seed')
+                   'std_minor', 'seed', 'layout', 'shift')
 
 
 def default_data_config(**overrides) -> ml_collections.ConfigDict:
@@ -72,8 +72,19 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
       split_seed: seed of the held-out split.
       tfds_data_dir: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
       batch_size: global training batch size.
-      mixture: synthetic mixture (num_components, dim, num_train, num_test, radius,
-        std_major, std_minor, seed).
+      mixture: synthetic mixture (``sources.make_mixture``):
+        num_components: K equal-weight Gaussians (labels 0..K-1).
+        dim: ambient dimension (>= 2).
+        num_train, num_test: points drawn per split.
+        radius: 'circle': the circle's radius; 'rings': the unit r (rings at 3r and 9r).
+        std_major: noise std in coordinates 0 and 1.
+        std_minor: noise std in the other dim - 2 coordinates.
+        seed: sampling seed (train and test are independent draws).
+        layout: 'circle' (GPE paper: K centres on one circle) or 'rings' (GMEGAN authors:
+          K/3 centres on a ring of radius 3r, 2K/3 on one of radius 9r; K a multiple of 3).
+        shift: added to coordinates 0 and 1 of every centre (GMEGAN authors: 0.5).
+      The GMEGAN authors' mixture is ``mixture=dict(layout='rings', num_components=12,
+      dim=100, radius=0.165, shift=0.5, std_major=0.15, std_minor=0.015)``.
   """
   cfg = ml_collections.ConfigDict()
   cfg.name = 'digits'
@@ -96,6 +107,8 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
   cfg.mixture.std_major = 0.6
   cfg.mixture.std_minor = 0.01
   cfg.mixture.seed = 0
+  cfg.mixture.layout = 'circle'
+  cfg.mixture.shift = 0.0
   for key, value in overrides.items():
     if key not in cfg:
       raise DataError(f'default_data_config: unknown field {key!r}; fields: '

@@ -8,7 +8,8 @@ resized ``Dataset``:
   * ``load_tfds``         a dataset already prepared by tensorflow-datasets on local disk.
   * ``load_npz``          a user .npz with ``x_train`` (+ optional ``x_test``, labels).
   * ``load_image_folder`` a directory tree of .png/.jpg images.
-  * ``make_mixture``      the synthetic Gaussian mixture of the GPE paper (Fig. 3).
+  * ``make_mixture``      a synthetic Gaussian mixture: the GPE paper's circle (Fig. 3) or the
+                          GMEGAN authors' two rings (``mixture.layout``).
 
 Nothing here downloads: a source whose data is absent raises ``DataError`` with one
 paragraph naming every place searched and how to get the data. Loaders decide first which
@@ -639,13 +640,78 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
 # --------------------------------------------------------------------------------------
 
 
-def mixture_centres(num_components: int, dim: int, radius: float) -> np.ndarray:
-  """[K, dim] centres equally spaced on a circle of ``radius`` in coordinates 0 and 1."""
-  angles = 2 * np.pi * np.arange(num_components) / num_components
+MIXTURE_LAYOUTS = ('circle', 'rings')
+
+
+def mixture_centres(num_components: int, dim: int, radius: float, layout: str = 'circle',
+                    shift: float = 0.0) -> np.ndarray:
+  """[K, dim] float64 mixture centres, non-zero only in coordinates 0 and 1.
+
+  Args:
+    num_components: K.
+    dim: ambient dimension (>= 2).
+    radius: ``'circle'``: the circle's radius; ``'rings'``: the unit r of the rings.
+    layout: ``'circle'`` (GPE paper): K centres at angles 2 pi k / K on a circle of
+      ``radius``. ``'rings'`` (GMEGAN authors): an inner ring of K/3 centres at radius
+      3 * radius, then an outer ring of 2K/3 centres at radius 9 * radius; a ring of n
+      centres has them at angles 2 pi i / n, i = 0..n-1. Row k is component (label) k:
+      inner ring first.
+    shift: added to coordinates 0 and 1 of every centre (the rings' common centre).
+
+  Returns:
+    ``[K, dim]`` centres.
+  """
+  if layout == 'circle':
+    rings = [(num_components, radius)]
+  elif layout == 'rings':
+    _check_rings(num_components)
+    rings = [(num_components // 3, 3.0 * radius), (2 * num_components // 3, 9.0 * radius)]
+  else:
+    raise DataError(_layout_message(layout))
   centres = np.zeros((num_components, dim))
-  centres[:, 0] = radius * np.cos(angles)
-  centres[:, 1] = radius * np.sin(angles)
+  row = 0
+  for n, ring_radius in rings:
+    angles = 2 * np.pi * np.arange(n) / n
+    centres[row:row + n, 0] = ring_radius * np.cos(angles)
+    centres[row:row + n, 1] = ring_radius * np.sin(angles)
+    row += n
+  centres[:, :2] += shift
   return centres
+
+
+def _layout_message(layout) -> str:
+  return (f'Unknown mixture layout {layout!r} (--config.data.mixture.layout); set it to one '
+          f'of {", ".join(repr(v) for v in MIXTURE_LAYOUTS)}.')
+
+
+def _rings_problem(num_components: int) -> str | None:
+  if num_components < 3 or num_components % 3:
+    return (f'num_components={num_components} with layout=\'rings\' (need a multiple of 3, '
+            '>= 3: K/3 centres on the inner ring and 2K/3 on the outer; e.g. 12 or 9)')
+  return None
+
+
+def _check_rings(num_components: int):
+  problem = _rings_problem(num_components)
+  if problem:
+    raise DataError(f'Invalid --config.data.mixture settings: {problem}.')
+
+
+def mixture_spec(data_cfg) -> dict:
+  """What the mixture of ``data_cfg`` (``config.data``) is, without sampling any data.
+
+  Returns:
+    ``{'centres': [K, dim] float64, 'std_major': float, 'std_minor': float,
+    'layout': str, 'inner': K // 3 for 'rings' else None, 'shift': float}`` -- enough
+    for ``gpe_jax.evals.modes`` to score samples against the mixture.
+  """
+  m = data_cfg.mixture
+  layout = m.get('layout', 'circle')
+  shift = float(m.get('shift', 0.0))
+  centres = mixture_centres(m.num_components, m.dim, m.radius, layout=layout, shift=shift)
+  return {'centres': centres, 'std_major': float(m.std_major), 'std_minor': float(m.std_minor),
+          'layout': layout, 'inner': m.num_components // 3 if layout == 'rings' else None,
+          'shift': shift}
 
 
 def sample_mixture(rng: np.random.Generator, n: int, centres: np.ndarray, std_major: float,
@@ -660,11 +726,16 @@ def sample_mixture(rng: np.random.Generator, n: int, centres: np.ndarray, std_ma
 
 
 def make_mixture(cfg, name: str = 'mixture') -> Dataset:
-  """The GPE paper's Fig. 3 data: ``num_components`` equal-weight Gaussians in R^dim.
+  """A synthetic mixture of ``num_components`` equal-weight Gaussians in R^dim.
 
-  Centres lie on a circle of ``radius`` in the first two coordinates (zero elsewhere);
-  the std is ``std_major`` in those two coordinates and ``std_minor`` in the other dim - 2,
-  so the data is a thin slab around a 2-D ring. Labels are the components. Train and test
+  ``layout='circle'`` is the GPE paper's Fig. 3 data: centres on a circle of ``radius``
+  in the first two coordinates (zero elsewhere). ``layout='rings'`` is the GMEGAN
+  authors' mixture: K/3 centres on a ring of radius 3 * radius and 2K/3 on a ring of
+  radius 9 * radius (their setting: K=12, radius=0.165, shift=0.5, std_major=0.15,
+  std_minor=0.015, dim=100). Both add ``shift`` to coordinates 0 and 1 of every centre
+  (see ``mixture_centres``). The std is ``std_major`` in those two coordinates and
+  ``std_minor`` in the other dim - 2, so the data is a thin slab around a 2-D pattern.
+  Labels are the components (inner ring first). Train and test
   are independent draws from ``default_rng([seed, 0])`` and ``default_rng([seed, 1])``
   (changing ``num_train`` leaves the test set unchanged). Not rescaled to [-1, 1].
   """
@@ -686,16 +757,24 @@ def make_mixture(cfg, name: str = 'mixture') -> Dataset:
                     '(need >= 0)')
   if m.seed < 0:
     problems.append(f'seed={m.seed} (need >= 0)')
+  if m.layout not in MIXTURE_LAYOUTS:
+    problems.append(f'layout={m.layout!r} (need one of '
+                    f'{", ".join(repr(v) for v in MIXTURE_LAYOUTS)})')
+  elif m.layout == 'rings' and m.num_components >= 1 and _rings_problem(m.num_components):
+    problems.append(_rings_problem(m.num_components))
   if problems:
     raise DataError(f'Dataset {name!r}: invalid --config.data.mixture settings: '
                     f'{"; ".join(problems)}.')
-  centres = mixture_centres(m.num_components, m.dim, m.radius)
+  centres = mixture_centres(m.num_components, m.dim, m.radius, layout=m.layout, shift=m.shift)
   x_train, y_train = sample_mixture(np.random.default_rng([m.seed, 0]), m.num_train, centres,
                                     m.std_major, m.std_minor)
   x_test, y_test = sample_mixture(np.random.default_rng([m.seed, 1]), m.num_test, centres,
                                   m.std_major, m.std_minor)
   train, test = official_split(m.num_train, m.num_test, max_train=cfg.max_train,
                                max_test=cfg.max_test)
+  extra = '' if m.layout == 'circle' else f', layout={m.layout}'
+  extra += f', shift={m.shift}' if m.shift else ''
   return Dataset(name=name, x_train=x_train[train], x_test=x_test[test], y_train=y_train[train],
                  y_test=y_test[test],
-                 source=f'synthetic mixture (K={m.num_components}, dim={m.dim}, seed={m.seed})')
+                 source=f'synthetic mixture (K={m.num_components}, dim={m.dim}{extra}, '
+                        f'seed={m.seed})')

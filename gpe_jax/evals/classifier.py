@@ -174,11 +174,14 @@ class FeatureExtractor:
     dim: feature dimension.
     fn: ``[N, *example_shape]`` array -> ``[N, dim]`` float32 numpy (jitted, fixed batch).
     info: provenance: cache path, held-out accuracy, training steps / seconds, ...
+    classify: ``[N, *example_shape]`` -> predicted labels ``[N]`` int (the classifier only;
+      None for the other extractors).
   """
   name: str
   dim: int
   fn: Callable[[np.ndarray], np.ndarray]
   info: dict
+  classify: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def _cache_key(data: Dataset, cfg) -> str:
@@ -413,4 +416,5 @@ def get_classifier(data: Dataset, cfg, cache_dir: str = '') -> FeatureExtractor:
 
   params = jax.device_put(params)
   return FeatureExtractor(name='classifier', dim=int(cfg.feature_dim),
-                          fn=lambda x: features_fn(params, x), info=info)
+                          fn=lambda x: features_fn(params, x), info=info,
+                          classify=lambda x: np.argmax(logits_fn(params, x), axis=1))

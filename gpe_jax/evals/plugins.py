@@ -66,9 +66,63 @@ def build_prior_evaluators(ctx, names, generate) -> list:
   return [_fd_evaluator(ctx, generate, n[len("fd_"):]) for n in names if n.startswith("fd_")]
 
 
-def _fd_evaluator(ctx, generate, extractor_name: str):
+GENERATOR_EVALUATORS = ("modes",) + tuple(f"fd_{e}" for e in features.EXTRACTORS)
+
+
+def check_generator_evaluators(names, data, config, where: str) -> None:
+  """Names, and what each needs of the data (``modes``: the data is the GMEGAN mixture,
+  ``config.data.mixture.layout='rings'``; ``fd_*``: the extractor's own needs)."""
+  check_names(names, GENERATOR_EVALUATORS, where)
+  if "modes" in names and not (config.data.name == "mixture"
+                               and config.data.mixture.layout == "rings"):
+    raise ConfigError(f"{where} lists 'modes' (mode coverage of the GMEGAN mixture), but the data "
+                      f"is {config.data.name!r}"
+                      + (f" with mixture layout {config.data.mixture.layout!r}"
+                         if config.data.name == "mixture" else "")
+                      + f"; it needs --config.data.name=mixture "
+                      "--config.data.mixture.layout=rings (configs/gmegan_mixture.py). Drop "
+                      "'modes' for other data.")
+  fd = tuple(n[len("fd_"):] for n in names if n.startswith("fd_"))
+  if fd:
+    features.validate_extractors(fd, data, config.evaluate, where)
+
+
+def build_generator_evaluators(ctx, names, generate, where: str) -> list:
+  """Closures ``state -> dict`` for a GAN stage's ``config.<method>.evals``.
+
+  Args:
+    ctx: the run context.
+    names: evaluator names (``GENERATOR_EVALUATORS``).
+    generate: hook ``(state, num) -> x [num, ...]``: samples G(z) of the state's generator
+      on a fixed noise batch.
+    where: the config key, for messages.
+
+  ``modes``: the mode metrics of ``config.gans.eval_samples`` samples on the GMEGAN mixture
+  (``gpe_jax.evals.modes.mode_metrics``: modes covered, high-quality fraction, KL from
+  uniform, per-mode balance), so coverage is tracked at every evaluation, not only at the end.
+  ``fd_<extractor>``: as the prior's, on ``config.gans.eval_samples`` samples.
+  """
+  check_names(names, GENERATOR_EVALUATORS, where)
+  num = int(ctx.config.gans.eval_samples)
+  out = [_fd_evaluator(ctx, generate, n[len("fd_"):], num) for n in names
+         if n.startswith("fd_")]
+  if "modes" in names:
+    from gpe_jax.data import sources
+    from gpe_jax.evals import modes
+    spec = sources.mixture_spec(ctx.config.data)
+    frac = float(ctx.config.gans.mode_min_fraction)
+
+    def mode_eval(state) -> dict:
+      m = modes.mode_metrics(generate(state, num), spec["centres"], spec["std_major"],
+                             spec["std_minor"], inner=spec["inner"], min_fraction=frac)
+      return {k: float(v) for k, v in m.items() if np.isscalar(v)}
+    out.append(mode_eval)
+  return out
+
+
+def _fd_evaluator(ctx, generate, extractor_name: str, num: int = 0):
   cfg = ctx.config
-  num = int(cfg.prior.eval_samples)
+  num = num or int(cfg.prior.eval_samples)
   lazy = {}
 
   def setup():

@@ -9,12 +9,14 @@ from typing import Sequence
 
 from gpe_jax.errors import ConfigError
 
+from gpe_jax.models.gan import Critic, InverseNet, PairCritic
 from gpe_jax.models.nets import (ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder,
                                  depth_to_space, space_to_depth)
 from gpe_jax.models.velocity import VelocityMLP, VelocityResMLP, timestep_embedding
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "VelocityMLP",
-           "VelocityResMLP", "build_decoder", "build_encoder", "build_velocity",
+__all__ = ["ConvDecoder", "ConvEncoder", "Critic", "InverseNet", "PairCritic", "MLPDecoder", "MLPEncoder", "VelocityMLP",
+           "VelocityResMLP", "build_critic", "build_decoder", "build_encoder",
+           "build_inverse", "build_pair_critic", "build_velocity",
            "depth_to_space", "space_to_depth", "timestep_embedding"]
 
 KINDS = ("mlp", "conv")
@@ -55,6 +57,52 @@ def build_decoder(model_cfg, example_shape: Sequence[int]):
                      "--config.data.image_size (with center_crop) to make it square.")
   return ConvDecoder(features=tuple(model_cfg.dec_features), image_size=h, channels=c,
                      batch_norm=model_cfg.batch_norm)
+
+
+def _sizes(gan_cfg, key: str, what: str, allow_empty: bool = False) -> tuple:
+  if key not in gan_cfg:
+    raise ConfigError(f"config.gans.{key} is missing: the {what} needs it (a tuple of layer "
+                      "sizes); add it to the config (configs/base.py has the default).")
+  sizes = tuple(int(s) for s in gan_cfg[key])
+  if (not sizes and not allow_empty) or any(s < 1 for s in sizes):
+    raise ConfigError(f"config.gans.{key}={tuple(gan_cfg[key])!r}: the {what} needs "
+                      f"{'' if allow_empty else 'at least one '}layer size"
+                      f"{'s' if allow_empty else ''} >= 1, e.g. --config.gans.{key}=\"(128, 128)\".")
+  return sizes
+
+
+def build_critic(gan_cfg, model_cfg, example_shape: Sequence[int], out_dim: int = 1):
+  """Critic psi: x [B, *example_shape] -> [B] (or [B, out_dim]), of the family
+  ``config.model.kind``, sized by ``config.gans`` (``critic_hidden``; conv: ``critic_features``,
+  ``critic_extra_convs``).
+
+  Raises:
+    ConfigError: a missing or empty size.
+  """
+  _check_kind(model_cfg.kind, example_shape)
+  conv = model_cfg.kind == "conv"
+  hidden = _sizes(gan_cfg, "critic_hidden", "critic", allow_empty=conv)
+  features = _sizes(gan_cfg, "critic_features", "conv critic") if conv else ()
+  return Critic(kind=model_cfg.kind, hidden=hidden, features=features, out_dim=out_dim,
+                layer_norm=bool(gan_cfg.get("critic_layer_norm", False)),
+                extra_convs=int(gan_cfg.get("critic_extra_convs", 0)) if conv else 0)
+
+
+def build_pair_critic(gan_cfg, model_cfg, example_shape: Sequence[int]):
+  """VEEGAN's joint critic D(x, z): a critic body to ``latent_dim`` features, concatenated with
+  z, then ``config.gans.pair_hidden`` Dense layers to one logit."""
+  body = build_critic(gan_cfg, model_cfg, example_shape, out_dim=int(model_cfg.latent_dim))
+  return PairCritic(body=body, head=_sizes(gan_cfg, "pair_hidden", "VEEGAN joint critic"))
+
+
+def build_inverse(gan_cfg, model_cfg):
+  """GMEGAN's inverse network f: R^d -> R^d, three fully connected ReLU layers (the two inner
+  widths ``config.gans.inverse_hidden``)."""
+  hidden = _sizes(gan_cfg, "inverse_hidden", "inverse network f")
+  if len(hidden) != 2:
+    raise ConfigError(f"config.gans.inverse_hidden={hidden!r}: f has three fully connected "
+                      "layers, so give its two inner widths, e.g. (128, 128).")
+  return InverseNet(hidden=hidden, out_dim=int(model_cfg.latent_dim))
 
 
 VELOCITY_NETS = ("mlp", "resmlp")

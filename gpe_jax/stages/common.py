@@ -9,7 +9,8 @@ The stage protocol. Each stage module exports ``SPEC`` (or ``SPECS``), a ``Stage
     finishes with ``mark_done`` (and, where it completes a method, a manifest);
   * ``trains``: it is a training stage (config section with ``num_steps``, ``lr``, ...);
   * ``method`` / ``complete``: the method whose manifest it writes, and whether that manifest
-    holds a decoder (a whole autoencoder) or only the encoder;
+    holds a decoder (a whole autoencoder) or only the encoder; ``generator``: that decoder
+    is a generator of N(0, I) noise (a GAN), so sampling needs no prior;
   * ``consumes_method``: it works on ``config.method``'s trained autoencoder (prior, sample,
     evaluate); ``needs``: other stages it reads (e.g. sample needs the prior);
   * ``inputs(config) -> dict``: the config its result depends on (beyond ``model``, ``data``
@@ -89,6 +90,9 @@ class StageSpec:
   trains: bool = False
   method: str = ""
   complete: bool = False
+  generator: bool = False   # its decoder maps N(0, I) noise to data: no prior is needed
+  latent_sampler: bool = False  # it trains the sampler of a method's latents (the prior),
+  #                               which a generator method does without
   consumes_method: bool = False
   needs: tuple = ()
   inputs: Callable[[Any], dict] | None = None
@@ -111,9 +115,18 @@ def section_inputs(section) -> dict:
   return {k: v for k, v in section.to_dict().items() if k not in LOOP_KEYS}
 
 
+# Data fields added after workdirs existed, with the value that reproduces the data those
+# workdirs were trained on: at that value a field is left out of the records, so such
+# workdirs keep their fingerprints.
+_ADDED_DATA_FIELDS = {"mixture": {"layout": "circle", "shift": 0.0}}
+
+
 def base_inputs(config) -> dict:
   """What every stage's result depends on: the model, the data and the seed."""
   data = {k: v for k, v in config.data.to_dict().items() if k != "tfds_data_dir"}
+  for sub, fields in _ADDED_DATA_FIELDS.items():
+    if isinstance(data.get(sub), dict):
+      data[sub] = {k: v for k, v in data[sub].items() if fields.get(k, object()) != v}
   return {"model": config.model.to_dict(), "data": data, "seed": int(config.seed)}
 
 
@@ -307,7 +320,17 @@ def prior_dir(ctx: Context) -> str:
   return path
 
 
+def samples_noise(ctx: Context) -> bool:
+  """Whether ``config.method``'s decoder is a generator of N(0, I) noise (a GAN's G): then
+  samples are G(z) and no prior is read."""
+  from gpe_jax import autoencoders
+  dec = autoencoders.read_manifest(method_dir(ctx))["decoder"]
+  return dec["input"] == "noise"
+
+
 def generator_upstream(ctx: Context) -> dict:
+  if samples_noise(ctx):
+    return {"autoencoder": method_dir(ctx)}
   return {"prior": prior_dir(ctx), "autoencoder": method_dir(ctx)}
 
 
@@ -319,10 +342,17 @@ def sample_inputs(config) -> dict:
 def load_generator(ctx: Context, method=None, num_steps=None):
   """(generate, latent_sampler, velocity, params, autoencoder): the workdir's prior and
   ``config.method``'s autoencoder from their manifests; ``generate(num, seed) -> (z0, z, x,
-  nfe)`` integrates with ``config.sample``'s solver (or ``method`` / ``num_steps``)."""
+  nfe)`` integrates with ``config.sample``'s solver (or ``method`` / ``num_steps``). For a
+  method whose decoder is a noise generator (a GAN), latents are the noise itself
+  (``latent_sampler`` is the identity, ``velocity`` and ``params`` are None, NFE 0)."""
   from gpe_jax import autoencoders, sampling
   cfg = ctx.config.sample
   autoencoder = load_autoencoder(ctx)
+  if samples_noise(ctx):   # a GAN: x = G(z), z ~ N(0, I); no flow, no prior
+    def generate_direct(num: int, seed: int):
+      return sampling.generate(sampling.identity_sampler, None, autoencoder.decode_fn, num,
+                               ctx.config.model.latent_dim, seed, cfg.batch_size)
+    return generate_direct, sampling.identity_sampler, None, None, autoencoder
   pdir = prior_dir(ctx)
   prior = autoencoders.Prior(pdir, autoencoders.read_manifest(pdir), ctx.workdir)
   latent_sampler = sampling.make_latent_sampler(

@@ -9,7 +9,12 @@ in each feature space of ``config.evaluate.extractors`` (classifier, pixels, inc
   recon     reconstructions S(T(x)) of training examples                    num_samples
   floor     real training examples (real vs real: the best one can hope)   num_samples
 
-(num_samples is capped by the training-set size.) For each set and extractor the stage reports
+(num_samples is capped by the training-set size.) For a method whose decoder is a noise
+generator (a GAN, ``stages/gans.py``), ``prior`` is its samples G(z), z ~ N(0, I) (no flow),
+``noprior`` is absent (it would be the same set), and ``recon`` is G(T(x)) where the method has
+an encoder T. With the classifier extractor on labelled data the stage also reports the
+mode-collapse measure of the GMEGAN paper, ``class_rel_std_<set>``: the relative standard
+deviation of the classifier's class counts over a set (0 = balanced classes). For each set and extractor the stage reports
 the Fréchet distance ``fd_<extractor>_<set>`` and k-NN precision/recall
 ``precision_<extractor>_<set>`` / ``recall_<extractor>_<set>``; ``summary["evaluate"]`` holds
 those numbers and a ``protocol`` entry (extractors with their details — e.g. the classifier's
@@ -58,17 +63,21 @@ def run(ctx: common.Context) -> dict:
   n_ref = min(int(ecfg.num_reference), n_test)
   reference = data.x_test[:n_ref]
 
-  generate, _, _, _, autoencoder = common.load_generator(ctx)
+  generate, _, velocity, _, autoencoder = common.load_generator(ctx)
+  direct = velocity is None   # a GAN's G(z)
   x_prior, prior_source = _samples(ctx, n, generate)
   decode = autoencoder.decode_fn
   bsz = int(cfg.sample.batch_size)
   gen = rng.stream(cfg.seed, "evaluate.sets")
   z_noise = gen.standard_normal((n, cfg.model.latent_dim)).astype(np.float32)
-  x_noprior = common.batched_apply(decode, z_noise, bsz)
   floor_idx = np.sort(gen.permutation(n_train)[:n])
   x_floor = data.x_train[floor_idx]
-  x_recon = common.batched_apply(decode, autoencoder.encode(x_floor), bsz)
-  sets = {"prior": x_prior, "noprior": x_noprior, "recon": x_recon, "floor": x_floor}
+  sets = {"prior": x_prior}
+  if not direct:
+    sets["noprior"] = common.batched_apply(decode, z_noise, bsz)
+  if autoencoder.embed_fn is not None:
+    sets["recon"] = common.batched_apply(decode, autoencoder.encode(x_floor), bsz)
+  sets["floor"] = x_floor
 
   flat, records, extractors = {}, {}, {}
   for name in ecfg.extractors:
@@ -79,28 +88,43 @@ def run(ctx: common.Context) -> dict:
     flat.update(f)
     records.update(r)
     extractors[name] = dict(ext.info, dim=ext.dim)
-    logging.info("evaluate [%s]: FD prior %.4g | no prior %.4g | recon %.4g | floor %.4g",
-                 name, f[f"fd_{name}_prior"], f[f"fd_{name}_noprior"], f[f"fd_{name}_recon"],
-                 f[f"fd_{name}_floor"])
+    logging.info("evaluate [%s]: FD %s", name, " | ".join(
+        f"{s} {f[f'fd_{name}_{s}']:.4g}" for s in sets))
+    if ext.classify is not None and data.num_classes:
+      flat.update(class_balance(ext, sets, data.num_classes))
   protocol = {
       "reference": f"held-out split (x_test[:{n_ref}])", "n_reference": n_ref,
       "n_samples": n, "pr_k": int(ecfg.pr_k),
       "pr_points_per_set": min(int(ecfg.pr_samples), n, n_ref),
-      "sets": {"prior": f"GPE samples: N(0,I) -> flow prior -> decoder; {prior_source}",
-               "noprior": "decoder applied to N(0, I) in the normalised latent space",
-               "recon": f"decoder(encoder(x)) of {n} random training examples",
-               "floor": f"{n} random real training examples"},
+      "sets": {k: v for k, v in {
+          "prior": (f"{autoencoder.method} samples: G(z), z ~ N(0, I); {prior_source}"
+                    if direct else
+                    f"{autoencoder.method} samples: N(0,I) -> flow prior -> decoder; "
+                    f"{prior_source}"),
+          "noprior": "decoder applied to N(0, I) in the normalised latent space",
+          "recon": f"decoder(encoder(x)) of {n} random training examples",
+          "floor": f"{n} random real training examples"}.items() if k in sets},
       "extractors": extractors, "method": autoencoder.method,
       "prior_steps": (common.read_done(os.path.join(ctx.workdir, "prior")) or {}).get("steps")}
   if logs.is_main_process():
     logs.write_json(os.path.join(out_dir, "metrics.json"),
                     {"records": records, "protocol": protocol})
   k = min(32, n)
-  plots.image_grid(np.concatenate([x_prior[:k], x_noprior[:k]]),
-                   os.path.join(out_dir, "prior_vs_noprior.png"), nrow=8,
-                   title=f"{data.name}: flow-prior samples (top {k // 8} rows) vs decoder on "
-                         f"N(0, I) (bottom {k // 8} rows)")
+  if "noprior" in sets:
+    plots.image_grid(np.concatenate([x_prior[:k], sets["noprior"][:k]]),
+                     os.path.join(out_dir, "prior_vs_noprior.png"), nrow=8,
+                     title=f"{data.name}: flow-prior samples (top {k // 8} rows) vs decoder on "
+                           f"N(0, I) (bottom {k // 8} rows)")
   return common.mark_done(ctx, NAME, summary=dict(flat, protocol=protocol))
+
+
+def class_balance(ext, sets: dict, num_classes: int) -> dict:
+  """``class_rel_std_<set>``: the relative std of the classifier's class counts over each set
+  (the GMEGAN paper's mode-collapse measure; ``gpe_jax.evals.modes.class_relative_std``)."""
+  from gpe_jax.evals import modes
+  return {f"class_rel_std_{s}": modes.class_relative_std(np.asarray(ext.classify(x)),
+                                                          num_classes)
+          for s, x in sets.items()}
 
 
 def inputs(config) -> dict:

@@ -206,6 +206,7 @@ def validate(config, data) -> None:
 
 
 SPEC = common.StageSpec(
+    latent_sampler=True,
     name=NAME, run=run, trains=True, consumes_method=True, inputs=inputs,
     timed_step=timed_step,
     upstream=lambda ctx: {"autoencoder": common.method_dir(ctx)},

@@ -8,7 +8,7 @@ prior, sampling and evaluation, which work on ``config.method``'s trained autoen
 from __future__ import annotations
 
 from gpe_jax.errors import ConfigError
-from gpe_jax.stages import baselines, decoder, encoder, evaluate, prior, sample
+from gpe_jax.stages import baselines, decoder, encoder, evaluate, gans, prior, sample
 from gpe_jax.stages.common import StageSpec
 from gpe_jax.train_loop import stage_salt
 
@@ -66,6 +66,6 @@ def encoder_stage(method: str) -> str:
   return partial[0] if partial else methods().get(method, "")
 
 
-for _spec in (encoder.SPEC, decoder.SPEC, *baselines.SPECS, prior.SPEC, sample.SPEC,
+for _spec in (encoder.SPEC, decoder.SPEC, *baselines.SPECS, *gans.SPECS, prior.SPEC, sample.SPEC,
               evaluate.SPEC):
   register(_spec, before=None)

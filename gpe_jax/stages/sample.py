@@ -1,4 +1,6 @@
-"""Sampling stage: N(0, I) -> flow-matching prior (ODE) -> decoder -> images.
+"""Sampling stage: N(0, I) -> flow-matching prior (ODE) -> decoder -> images; for a method
+whose decoder is a noise generator (a GAN, ``stages/gans.py``): N(0, I) -> G -> images, with
+no prior (the latents are the noise, NFE 0, no integrators to compare).
 
 Reads the prior (``prior/manifest.json``: its checkpoint, EMA weights) and ``config.method``'s
 decoder and, for the interpolation grid, encoder (that method's manifest). Writes to
@@ -74,6 +76,7 @@ def run(ctx: common.Context) -> dict:
   out_dir = ctx.stage_dir(NAME)
   name = ctx.data.name
   generate, latent_sampler, velocity, params, autoencoder = load_generator(ctx)
+  direct = velocity is None   # a GAN's G(z): no flow
   decode = autoencoder.decode_fn
   t = time.perf_counter()
   z0, z, x, nfe = generate(int(cfg.num_samples), ctx.config.seed)
@@ -83,15 +86,23 @@ def run(ctx: common.Context) -> dict:
              num_steps=cfg.num_steps, nfe=nfe)
   solver = f"{cfg.method}, {cfg.num_steps} steps" if cfg.method != "dopri5" else \
       f"dopri5, rtol {cfg.rtol:g}"
-  plots.image_grid(x[:cfg.grid_size], os.path.join(out_dir, "samples.png"),
-                   title=f"{name}: GPE samples (flow prior, {solver})")
+  if direct:
+    solver = "G(z), no prior"
+  how = solver if direct else f"flow prior, {solver}"
+  if ctx.data.is_image:
+    plots.image_grid(x[:cfg.grid_size], os.path.join(out_dir, "samples.png"),
+                     title=f"{name}: {autoencoder.method} samples ({how})")
+  else:
+    plots.sample_scatter(x, ctx.data.x_test, os.path.join(out_dir, "samples.png"),
+                         title=f"{name}: {autoencoder.method} samples ({how}), first two "
+                               "coordinates")
 
   # Interpolations: between held-out latents (straight lines), and between noise vectors
   # (spherical) carried through the flow.
   pairs, steps = int(cfg.interp_pairs), int(cfg.interp_steps)
   embed = autoencoder.encode
   n_pairs = min(pairs, ctx.data.x_test.shape[0] // 2)
-  if n_pairs:
+  if n_pairs and autoencoder.embed_fn is not None:   # GAN/WGAN have no encoder
     za = embed(ctx.data.x_test[:2 * n_pairs:2])
     zb = embed(ctx.data.x_test[1:2 * n_pairs:2])
     lines = sampling.linear_interpolation(za, zb, steps).reshape(-1, za.shape[1])
@@ -102,15 +113,18 @@ def run(ctx: common.Context) -> dict:
   na = gen.standard_normal((pairs, z.shape[1])).astype(np.float32)
   nb = gen.standard_normal((pairs, z.shape[1])).astype(np.float32)
   arcs = sampling.slerp(na, nb, steps).reshape(-1, z.shape[1])
-  z_arcs = common.batched_apply(lambda b: latent_sampler(params, b)[0], arcs, cfg.batch_size)
+  z_arcs = arcs if direct else common.batched_apply(lambda b: latent_sampler(params, b)[0],
+                                                    arcs, cfg.batch_size)
   x_arcs = common.batched_apply(decode, z_arcs, cfg.batch_size)
   plots.image_grid(x_arcs, os.path.join(out_dir, "interpolation_prior.png"), nrow=steps,
-                   title=f"{name}: noise interpolated on the sphere, through the flow")
+                   title=f"{name}: noise interpolated on the sphere"
+                         + ("" if direct else ", through the flow"))
 
-  summary = {"num_samples": int(cfg.num_samples), "method": cfg.method,
-             "num_steps": int(cfg.num_steps), "nfe_per_sample": float(nfe),
+  summary = {"num_samples": int(cfg.num_samples),
+             "method": "direct" if direct else cfg.method,
+             "num_steps": 0 if direct else int(cfg.num_steps), "nfe_per_sample": float(nfe),
              "seconds": seconds, "samples_per_sec": float(cfg.num_samples) / seconds}
-  if cfg.compare_solvers:
+  if cfg.compare_solvers and not direct:
     summary["solvers"] = compare_solvers(ctx, velocity, params,
                                          num=min(256, int(cfg.num_samples)))
   common.mark_done(ctx, NAME, summary=summary)
