@@ -182,6 +182,14 @@ def get_config():
   h.gd_steps = 500         # (c): gradient descent on the random-feature decoder
   h.alphas = (1.05, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)   # (d)
 
+  # Experiments (gpe_jax/experiments): variants run this many at a time, each in its own
+  # process (1: one after another; more pays on CPUs for small networks, not on one GPU).
+  # seeds: the seeds of experiments that repeat runs (GAN experiments); methods: the GAN
+  # methods they compare (() = every registered one); variants: gan_robustness's
+  # architecture variants (() = all).
+  config.experiments = ml_collections.ConfigDict(dict(workers=1, seeds=(0, 1, 2, 3, 4),
+                                                      methods=(), variants=()))
+
   config.eval = e = ml_collections.ConfigDict()
   e.num_examples = 1000          # held-out examples per periodic evaluation (0 = all)
   e.geometry_points = 1000       # held-out points for the geometry metrics (all pairs)

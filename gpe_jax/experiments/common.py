@@ -70,6 +70,54 @@ def run_variant(config, workdir: str, name: str, **overrides) -> dict:
   return summary
 
 
+# Worker processes of ``run_variants``: on a CPU, single-threaded XLA in several processes gets
+# more out of the cores for small networks than one multi-threaded process (measured on 2
+# cores: two 6,000-step GMEGAN mixture runs side by side in 40 s, one after the other 58 s).
+_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _init_worker(cache_dir: str) -> None:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _SINGLE_THREAD).strip()
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  logging.getLogger().setLevel(logging.WARNING)
+
+
+def _run_in_worker(config, sub: str) -> dict:
+  return pipeline.run(config, sub)
+
+
+def run_variants(config, workdir: str, variants: dict, workers: int = 1) -> dict:
+  """Run several variants of ``config`` (``{name: overrides}``), each in ``workdir/name``,
+  ``workers`` at a time in separate processes (1: one after another in this process).
+  Returns ``{name: summary}``. Finished variants are skipped as in ``run_variant``; a
+  variant that fails raises its error here after the others finished."""
+  if workers <= 1 or len(variants) <= 1:
+    return {name: run_variant(config, workdir, name, **ov) for name, ov in variants.items()}
+  import concurrent.futures
+  import multiprocessing
+  cache = os.path.join(workdir, ".jax_cache")
+  os.makedirs(cache, exist_ok=True)
+  out, errors = {}, []
+  t0 = time.perf_counter()
+  with concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+      initializer=_init_worker, initargs=(cache,)) as pool:
+    futures = {pool.submit(_run_in_worker, variant(config, **ov),
+                           os.path.join(workdir, name)): name for name, ov in variants.items()}
+    for fut in concurrent.futures.as_completed(futures):
+      name = futures[fut]
+      try:
+        out[name] = fut.result()
+        logging.info("variant %s: done (%d of %d, %.0f s)", name, len(out), len(variants),
+                     time.perf_counter() - t0)
+      except Exception as e:  # keep the others running; report the first failure after
+        errors.append(e)
+  if errors:
+    raise errors[0]
+  return {name: out[name] for name in variants}
+
+
 def metrics_rows(run_dir: str, stage: str) -> list[dict]:
   return [r for r in logs.read_metrics(run_dir) if r.get("stage") == stage]
 
