@@ -2,7 +2,6 @@
 sharding, and each one through the CLI: train, prior, sample, evaluate, exact resume."""
 import json
 import os
-import signal
 
 import jax
 import numpy as np
@@ -10,10 +9,10 @@ import pytest
 from ml_collections import ConfigDict
 from scipy import integrate
 
-from conftest import cli_env, run_cli
+from conftest import run_cli
 from gpe_jax import costs
 from gpe_jax.stages import baselines
-from test_cli import SMOKE, assert_trees_equal, final_params
+from test_cli import SMOKE, assert_kill_resumes_exactly
 from test_models_and_sharding import assert_one_device_equals_eight
 
 
@@ -130,20 +129,9 @@ def test_baseline_through_prior_sample_evaluate(name, tmp_path):
 
 
 def test_killed_vae_resumes_to_identical_parameters(tmp_path):
-  args = [SMOKE, "--config.vae_mds.num_steps=6", "--config.stages=('vae_mds',)"]
-  ref = str(tmp_path / "ref")
-  assert run_cli(*args, f"--workdir={ref}").returncode == 0
-  wd = str(tmp_path / "killed")
-  env = cli_env()
-  env["GPE_JAX_KILL_AT_STEP"] = "2"
-  res = run_cli(*args, f"--workdir={wd}", env=env)
-  assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
-  res = run_cli(*args, f"--workdir={wd}")
-  assert res.returncode == 0 and "resumed from step 2" in res.stderr
-  step_ref, state_ref = final_params(ref, "vae_mds")
-  step_got, state_got = final_params(wd, "vae_mds")
-  assert step_ref == step_got == 6
-  assert_trees_equal(state_ref, state_got)
+  assert_kill_resumes_exactly(
+      tmp_path, [SMOKE, "--config.vae_mds.num_steps=6", "--config.stages=('vae_mds',)"],
+      "vae_mds")
 
 
 def test_method_without_its_stage_is_a_clear_error(tmp_path):

@@ -33,6 +33,24 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def assert_kill_resumes_exactly(tmp_path, args, stage, steps=6, kill_at=2):
+  """Train ``stage`` uninterrupted; train it again, SIGKILLed right after the checkpoint of
+  step ``kill_at``, then resumed: the final train states must be bitwise equal."""
+  ref = str(tmp_path / "ref")
+  assert run_cli(*args, f"--workdir={ref}").returncode == 0
+  wd = str(tmp_path / "killed")
+  env = cli_env()
+  env["GPE_JAX_KILL_AT_STEP"] = str(kill_at)
+  res = run_cli(*args, f"--workdir={wd}", env=env)
+  assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+  res = run_cli(*args, f"--workdir={wd}")
+  assert res.returncode == 0 and f"resumed from step {kill_at}" in res.stderr, res.stderr[-2000:]
+  step_ref, state_ref = final_params(ref, stage)
+  step_got, state_got = final_params(wd, stage)
+  assert step_ref == step_got == steps
+  assert_trees_equal(state_ref, state_got)
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("smoke"))

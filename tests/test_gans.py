@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from conftest import REPO
-from gpe_jax import costs, models, pipeline, train_loop
+from gpe_jax import costs, pipeline, train_loop
 from gpe_jax.errors import ConfigError, NonFiniteError
 from gpe_jax.stages import gans
 from test_models_and_sharding import assert_one_device_equals_eight

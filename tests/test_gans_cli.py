@@ -3,14 +3,13 @@
 paragraph and exit 2 before any training."""
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
 
-from conftest import HAVE_FASHION, cli_env, run_cli
+from conftest import HAVE_FASHION, run_cli
 from gpe_jax.stages import gans
-from test_cli import assert_trees_equal, final_params
+from test_cli import assert_kill_resumes_exactly
 
 MIXTURE = "--config=configs/gmegan_mixture.py:smoke"
 
@@ -49,20 +48,9 @@ def _cfg():
 
 
 def test_killed_gmegan_resumes_to_identical_parameters(tmp_path):
-  args = [MIXTURE, "--config.gmegan.num_steps=6", "--config.stages=('gmegan',)"]
-  ref = str(tmp_path / "ref")
-  assert run_cli(*args, f"--workdir={ref}").returncode == 0
-  wd = str(tmp_path / "killed")
-  env = cli_env()
-  env["GPE_JAX_KILL_AT_STEP"] = "2"
-  res = run_cli(*args, f"--workdir={wd}", env=env)
-  assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
-  res = run_cli(*args, f"--workdir={wd}")
-  assert res.returncode == 0 and "resumed from step 2" in res.stderr, res.stderr[-2000:]
-  step_ref, state_ref = final_params(ref, "gmegan")
-  step_got, state_got = final_params(wd, "gmegan")
-  assert step_ref == step_got == 6
-  assert_trees_equal(state_ref, state_got)
+  assert_kill_resumes_exactly(
+      tmp_path, [MIXTURE, "--config.gmegan.num_steps=6", "--config.stages=('gmegan',)"],
+      "gmegan")
 
 
 def test_bad_gan_hyperparameter_is_one_paragraph(tmp_path):

@@ -252,3 +252,17 @@ def test_another_method_retrains_the_prior_and_keeps_the_old_one_aside(copy):
   model = gpe_jax.load(copy)   # the workdir's prior is now the AE's
   assert model.method == "ae" and model.sample(2, seed=0).shape == (2, 8, 8, 1)
   assert gpe_jax.load(copy, method="gpe").prior is None   # the GPE decoder is still there
+
+
+def test_data_fields_added_later_keep_old_fingerprints():
+  """data.mixture.layout/shift came after workdirs existed: at their old-behaviour values they
+  are left out of the records (a digits or circle-mixture workdir keeps its fingerprints),
+  any other value is recorded."""
+  cfg = default.get_config()
+  inputs = common.base_inputs(cfg)
+  assert "layout" not in inputs["data"]["mixture"] and "shift" not in inputs["data"]["mixture"]
+  assert set(inputs["data"]["mixture"]) == {"num_components", "dim", "num_train", "num_test",
+                                            "radius", "std_major", "std_minor", "seed"}
+  rings = variant(cfg, **{"data.mixture.layout": "rings", "data.mixture.shift": 0.5})
+  got = common.base_inputs(rings)["data"]["mixture"]
+  assert got["layout"] == "rings" and got["shift"] == 0.5

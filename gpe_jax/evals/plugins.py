@@ -79,7 +79,7 @@ def check_generator_evaluators(names, data, config, where: str) -> None:
                       f"is {config.data.name!r}"
                       + (f" with mixture layout {config.data.mixture.layout!r}"
                          if config.data.name == "mixture" else "")
-                      + f"; it needs --config.data.name=mixture "
+                      + "; it needs --config.data.name=mixture "
                       "--config.data.mixture.layout=rings (configs/gmegan_mixture.py). Drop "
                       "'modes' for other data.")
   fd = tuple(n[len("fd_"):] for n in names if n.startswith("fd_"))

@@ -200,3 +200,64 @@ def main(run: Callable, module: str) -> None:
     print(f"report: {path}")
 
   cli.run(body, module, require_workdir=True)
+
+
+def run_variants_tolerant(config, workdir: str, variants: dict, workers: int = 1,
+                          tolerate: tuple = ()) -> tuple[dict, dict]:
+  """``run_variants`` for experiments in which a run may fail as a result (a GAN whose loss
+  diverges): returns ``({name: summary}, {name: message})``, the second for the variants that
+  raised one of ``tolerate`` (default: ``errors.NonFiniteError``). Any other error is raised
+  after the others finished, as in ``run_variants``."""
+  from gpe_jax import errors
+  tolerate = tuple(tolerate) or (errors.NonFiniteError,)
+  out, failed, others = {}, {}, []
+
+  def record(name, fn):
+    try:
+      out[name] = fn()
+    except tolerate as e:
+      logging.warning("variant %s failed: %s", name, str(e).splitlines()[0][:300])
+      failed[name] = f"{type(e).__name__}: {e}"
+    except Exception as e:  # keep the others running; report the first failure after
+      others.append(e)
+
+  if workers <= 1 or len(variants) <= 1:
+    for name, ov in variants.items():
+      record(name, lambda name=name, ov=ov: run_variant(config, workdir, name, **ov))
+  else:
+    import concurrent.futures
+    import multiprocessing
+    cache = os.path.join(workdir, ".jax_cache")
+    os.makedirs(cache, exist_ok=True)
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(cache,)) as pool:
+      futures = {pool.submit(_run_in_worker, variant(config, **ov),
+                             os.path.join(workdir, name)): name
+                 for name, ov in variants.items()}
+      for fut in concurrent.futures.as_completed(futures):
+        record(futures[fut], fut.result)
+  if others:
+    raise others[0]
+  return ({name: out[name] for name in variants if name in out},
+          {name: failed[name] for name in variants if name in failed})
+
+
+def spread(values) -> dict:
+  """{'mean', 'std' (ddof 1; 0 for one value), 'min', 'max', 'n'} of the finite ``values``
+  (all None when there are none)."""
+  v = np.asarray([float(x) for x in values if x is not None], np.float64)
+  v = v[np.isfinite(v)]
+  if v.size == 0:
+    return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+
+def finite_or_none(v):
+  """``v`` as a float when it is a finite number (summaries write NaN as 'nan'), else None."""
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return None
+  return f if np.isfinite(f) else None

@@ -40,7 +40,7 @@ import os
 import numpy as np
 from matplotlib import pyplot as plt
 
-from gpe_jax import autoencoders, logs, plots, rng
+from gpe_jax import autoencoders, plots, rng
 from gpe_jax.data import load_dataset, sources
 from gpe_jax.evals import modes
 from gpe_jax.experiments import common

@@ -147,7 +147,6 @@ def make_train_step(name: str, mods: dict, txs: dict, section, latent_dim: int):
   nets = tuple(txs)
   n_critic = int(section.n_critic)
   inverse = "f" in nets
-  pair = name == "veegan"
   w = {k: float(section[k]) for k in ("c_T", "c_G", "c_R", "k", "p", "gp_weight", "clip",
                                       "beta", "gamma", "recon_weight") if k in section}
 
