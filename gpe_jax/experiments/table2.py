@@ -118,8 +118,9 @@ STEP_NAMES = {"encoder": "gpe_encoder", "decoder": "gpe_decoder"}
 
 
 def build_steps(config, x: np.ndarray) -> dict:
-  """{step name: (step_fn, init_fn, host batch)} of every registered training stage, at the
-  config's sizes (``StageSpec.timed_step``).
+  """{step name: (step_fn, init_fn, host batch)} of every registered training stage of the GPE
+  paper's kind (encoders, decoders, joint autoencoders, the prior; not the GAN methods, whose
+  iterations the GMEGAN experiments time), at the config's sizes (``StageSpec.timed_step``).
 
   ``x`` is one batch of real training examples; latents are standard normal draws (the
   decoder's and the prior's inputs are normalised latents)."""
@@ -130,7 +131,7 @@ def build_steps(config, x: np.ndarray) -> dict:
   z0 = gen.standard_normal((bsz, d)).astype(np.float32)
   batch = {"x": x, "z": z, "z0": z0}
   return {STEP_NAMES.get(spec.name, spec.name): spec.timed_step(config, batch)
-          for spec in registry.specs() if spec.timed_step is not None}
+          for spec in registry.specs() if spec.timed_step is not None and not spec.generator}
 
 
 def _bar_chart(secs: dict, path: str, title: str) -> None:
