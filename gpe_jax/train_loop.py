@@ -15,11 +15,13 @@ reproduces an uninterrupted one exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -257,6 +259,21 @@ def _check_finite(stage: str, step: int, metrics: dict, last_ok: int) -> None:
       "NaNs, then rerun the same command to resume from the last checkpoint.")
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+  """Hold SIGINT/SIGTERM back while a checkpoint is written: an interrupt that lands inside
+  orbax's save (its threads and locks) could leave the save hanging; blocked, it is delivered
+  right after, at a step boundary, and becomes the usual ``Interrupted``."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int) -> Result:
   """Train ``stage`` to ``cfg.num_steps`` (or ``cfg.target_loss``), resuming if possible."""
   cfg = stage.cfg
@@ -302,10 +319,11 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
     return bool(target > 0 and stage.target_key and eval_metrics[stage.target_key] <= target)
 
   def save(step: int) -> None:
-    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
-    timing[str(step)] = prior_seconds + time.perf_counter() - t_start
-    mngr.wait_until_finished()
-    logs.write_json(timing_path, timing)
+    with _interrupts_deferred():   # Ctrl-C / SIGTERM are taken once the save is on disk
+      mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+      timing[str(step)] = prior_seconds + time.perf_counter() - t_start
+      mngr.wait_until_finished()
+      logs.write_json(timing_path, timing)
     if step == kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
 
