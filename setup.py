@@ -31,7 +31,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.10",
+        "test": ["pytest>=8", "pytest-xdist>=3", "filelock>=3", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6"],
     },
 )

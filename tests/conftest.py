@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices (set before JAX initialises), and helpers to run the CLI."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,21 @@ import pytest  # noqa: E402
 
 # One classifier cache for the whole test session (never the user's ~/.cache).
 os.environ.setdefault("GPE_JAX_CACHE", tempfile.mkdtemp(prefix="gpe_jax_test_cache_"))
+
+# One XLA compilation cache for the test runs, shared by the pytest workers and every CLI
+# subprocess they start, kept under the pytest cache directory: many tests compile the same
+# programs (a smoke run's stages, the experiments' variants), and a cached executable loads in a
+# fraction of its compile time; a second run of the suite finds most programs compiled. An entry
+# is keyed by the program, the flags and the jax version, so it changes no number; the cache is
+# bounded (least recently used entries go first). `rm -rf .pytest_cache` empties it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   ".pytest_cache", "jax_compilation_cache"))
+os.makedirs(os.environ["JAX_COMPILATION_CACHE_DIR"], exist_ok=True)
+if importlib.util.find_spec("filelock"):   # jax needs it to bound the cache (test extra)
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

@@ -76,10 +76,19 @@ def run_variant(config, workdir: str, name: str, **overrides) -> dict:
 _SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def _worker_cache(workdir: str) -> str:
+  """The compilation cache the worker processes share: the user's own (``jax_compilation_cache_dir``
+  or ``JAX_COMPILATION_CACHE_DIR``) when set, else ``WORKDIR/.jax_cache``."""
+  cache = jax.config.jax_compilation_cache_dir or os.path.join(workdir, ".jax_cache")
+  os.makedirs(cache, exist_ok=True)
+  return cache
+
+
 def _init_worker(cache_dir: str) -> None:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _SINGLE_THREAD).strip()
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if jax.config.jax_compilation_cache_dir != cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   logging.getLogger().setLevel(logging.WARNING)
 
 
@@ -96,8 +105,7 @@ def run_variants(config, workdir: str, variants: dict, workers: int = 1) -> dict
     return {name: run_variant(config, workdir, name, **ov) for name, ov in variants.items()}
   import concurrent.futures
   import multiprocessing
-  cache = os.path.join(workdir, ".jax_cache")
-  os.makedirs(cache, exist_ok=True)
+  cache = _worker_cache(workdir)
   out, errors = {}, []
   t0 = time.perf_counter()
   with concurrent.futures.ProcessPoolExecutor(
@@ -227,8 +235,7 @@ def run_variants_tolerant(config, workdir: str, variants: dict, workers: int = 1
   else:
     import concurrent.futures
     import multiprocessing
-    cache = os.path.join(workdir, ".jax_cache")
-    os.makedirs(cache, exist_ok=True)
+    cache = _worker_cache(workdir)
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker, initargs=(cache,)) as pool:
