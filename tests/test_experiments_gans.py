@@ -13,9 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env
-
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from conftest import FAST_COMPILE, REPO, cli_env
 
 
 def run_experiment(name, config, workdir, *overrides, timeout=420):
