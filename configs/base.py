@@ -69,8 +69,13 @@ def get_config():
   m.dec_features = (128, 64, 32)   # conv: one level (x2 resolution) per entry
   m.batch_norm = True      # conv
   m.extra_convs = 0        # conv encoder: extra stride-1 convs per level
+  m.dtype = "float32"      # or 'bfloat16': activations and matmuls/convs of every network in bf16
+  #                          (parameters, optimiser state, norms, outputs and losses stay f32)
 
   config.encoder = stage_config(num_steps=2000, lr=1e-4)
+  # How the GME of a batch is laid out over the devices: 'dense' (the [B, B] pair matrix under
+  # jit) or 'row_block' (each device its rows' [B/k, B] block, psum'd: O(B^2/k) memory each).
+  config.encoder.gme_impl = "dense"
   config.decoder = stage_config(num_steps=2000, lr=1e-4)
   config.decoder.encoder_checkpoint = ""  # '' = workdir/<encoder stage>/checkpoints
   config.decoder.encoder_method = "gpe"   # or a baseline's frozen encoder: 'vae', 'ae', ...

@@ -2,18 +2,28 @@
 
 Nothing here knows about Flax, configs or devices: every function takes arrays and returns
 arrays, so each can be jitted, vmapped, differentiated twice (the Hessian probes do) and
-tested against a NumPy reference.
+tested against a NumPy reference. The one exception, ``gme_cost_row_blocks``, is also given the
+mesh whose devices share the rows of the pair matrix.
 
 Conventions: a batch of data points is ``x [n, ...]`` (flattened internally to ``[n, D]``),
 a batch of embeddings is ``z [n, d]``. Pairwise squared distances are computed in the Gram
 form ``|a|^2 + |b|^2 - 2 a.b`` (clamped at 0): no ``[n, n, D]`` difference tensor is ever
 built, which keeps memory at O(n^2) and gradients/HVPs ~30x faster than the naive form.
-Data-space distances are computed in float32 or wider even if the network runs in bf16.
+Data-space distances are computed in float32 or wider even if the network runs in bf16, and
+every dot product that feeds a pairwise distance (the Gram matrices, the squared norms) runs at
+``jax.lax.Precision.HIGHEST`` whatever the backend's default: a GPU's default float32 matmul may
+be TF32 and a TPU's a single bf16 pass, and the Gram form cancels badly at either (two nearby
+points' distance is the small difference of large terms). On CPU float32 dots are exact anyway,
+so the values there are unchanged.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+# The precision of every dot product that feeds a pairwise distance (see the module docstring).
+DIST_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def _flat(a: jax.Array) -> jax.Array:
@@ -36,9 +46,14 @@ def float_rows(a) -> jax.Array:
 
 
 def sq_norms(a: jax.Array) -> jax.Array:
-  """Squared Euclidean norm of each row: [n, ...] -> [n]."""
+  """Squared Euclidean norm of each row: [n, ...] -> [n] (HIGHEST-precision dots)."""
   a = _flat(a)
-  return jax.vmap(lambda v: jnp.vdot(v, v))(a)
+  return jax.vmap(lambda v: jnp.vdot(v, v, precision=DIST_PRECISION))(a)
+
+
+def gram(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Inner products of rows, [n, D] x [m, D] -> [n, m], at ``DIST_PRECISION`` (HIGHEST)."""
+  return jnp.matmul(a, b.T, precision=DIST_PRECISION)
 
 
 def pairwise_sq_dists(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -55,14 +70,14 @@ def pairwise_sq_dists(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
   a = _flat(a)
   same = b is None
   b = a if same else _flat(b)
-  gram = a @ b.T
+  ab = gram(a, b)
   if same:
     # Reuse the Gram diagonal so d(a_i, a_i) = 0 exactly (not just up to rounding).
-    na = jnp.diagonal(gram)
+    na = jnp.diagonal(ab)
     nb = na
   else:
     na, nb = sq_norms(a), sq_norms(b)
-  d2 = na[:, None] + nb[None, :] - 2.0 * gram
+  d2 = na[:, None] + nb[None, :] - 2.0 * ab
   d2 = jnp.maximum(d2, 0.0)
   if same:
     d2 = d2 * (1.0 - jnp.eye(a.shape[0], dtype=d2.dtype))
@@ -148,14 +163,59 @@ def gme_cost_blockwise(x: jax.Array, z: jax.Array, block: int = 256) -> jax.Arra
 
   def one_block(rows):
     xb, zb = xp[rows], zp[rows]
-    dx = jnp.maximum(xnp[rows][:, None] + xn[None, :] - 2.0 * xb @ x.T, 0.0)
-    dz = jnp.maximum(znp[rows][:, None] + zn[None, :] - 2.0 * zb @ z.T, 0.0)
+    dx = jnp.maximum(xnp[rows][:, None] + xn[None, :] - 2.0 * gram(xb, x), 0.0)
+    dz = jnp.maximum(znp[rows][:, None] + zn[None, :] - 2.0 * gram(zb, z), 0.0)
     off_diag = rows[:, None] != jnp.arange(n)[None, :]
     valid = (rows < n)[:, None] & off_diag
     sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))
     return jnp.sum(jnp.where(valid, sq, 0.0))
 
   total = jnp.sum(jax.lax.map(one_block, idx))
+  return total / (n * n)
+
+
+def gme_cost_row_blocks(x: jax.Array, z: jax.Array, mesh, axis: str = "data") -> jax.Array:
+  """GME of a batch split by rows over a mesh axis: same value as ``gme_cost``.
+
+  Each of the k devices on ``axis`` holds n/k rows of the global batch; it all-gathers x, z
+  and their squared norms, computes its [n/k, n] block of the pair matrix against all n points
+  and sums the block (its diagonal pairs masked: they are exactly 0 in ``gme_cost``); a
+  ``psum`` adds the k partial sums, and the total is divided by n * n as ``gme_cost`` does.
+  Memory per device is O(n/k * n), never [n, n], and the pair work is split k ways. Under
+  ``jax.grad`` the all-gathers transpose to reduce-scatters, so each device gets the summed
+  gradient of its own rows; the cost is differentiable in x and in z.
+
+  Args:
+    x: [n, ...] data batch (a global array; flattened to [n, D]), n divisible by k.
+    z: [n, d] embeddings.
+    mesh: a ``jax.sharding.Mesh`` with axis ``axis`` (``gpe_jax.parallel.make_mesh``).
+    axis: the mesh axis the batch rows are split over.
+
+  Returns:
+    Scalar cost (replicated), equal to ``gme_cost(x, z)`` up to float rounding.
+  """
+  x = _at_least_f32(_flat(x))
+  z = _flat(z)
+  n, k = x.shape[0], mesh.shape[axis]
+  if n % k:
+    raise ValueError(f"gme_cost_row_blocks: the batch of {n} rows does not split over the "
+                     f"{k} devices of mesh axis {axis!r}; use a batch size divisible by {k}.")
+  local_rows = n // k
+
+  def block_sum(xl, zl):
+    """This device's rows -> the sum over all k devices of their blocks' pair terms."""
+    xn, zn = sq_norms(xl), sq_norms(zl)
+    xa, za = jax.lax.all_gather(xl, axis, tiled=True), jax.lax.all_gather(zl, axis, tiled=True)
+    xna = jax.lax.all_gather(xn, axis, tiled=True)
+    zna = jax.lax.all_gather(zn, axis, tiled=True)
+    dx = jnp.maximum(xn[:, None] + xna[None, :] - 2.0 * gram(xl, xa), 0.0)
+    dz = jnp.maximum(zn[:, None] + zna[None, :] - 2.0 * gram(zl, za), 0.0)
+    rows = jax.lax.axis_index(axis) * local_rows + jnp.arange(local_rows)
+    off_diag = rows[:, None] != jnp.arange(n)[None, :]
+    sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))
+    return jax.lax.psum(jnp.sum(jnp.where(off_diag, sq, 0.0)), axis)
+
+  total = jax.shard_map(block_sum, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P())(x, z)
   return total / (n * n)
 
 

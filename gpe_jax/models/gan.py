@@ -7,16 +7,19 @@ architectures with the autoencoder methods. Critics have no BatchNorm: the gradi
 take per-example input gradients, which batch statistics would couple across the batch (and a
 penalised critic with BatchNorm is not the function the penalty constrains). LayerNorm, which
 is per example, is allowed.
+
+``dtype`` (mixed precision) as in ``gpe_jax.models.nets``: Dense and Conv layers compute in it,
+parameters, LayerNorms and outputs are float32.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpe_jax.models.nets import space_to_depth
+from gpe_jax.models.nets import f32_out, norm_dtype, space_to_depth
 
 
 def _act(x: jax.Array) -> jax.Array:
@@ -38,22 +41,23 @@ class Critic(nn.Module):
   out_dim: int = 1
   layer_norm: bool = False
   extra_convs: int = 0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = x
     if self.kind == "conv":
       for f in self.features:
-        h = _act(nn.Conv(f, (3, 3), padding="SAME")(space_to_depth(h)))
+        h = _act(nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype)(space_to_depth(h)))
         for _ in range(self.extra_convs):
-          h = _act(nn.Conv(f, (3, 3), padding="SAME")(h))
+          h = _act(nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype)(h))
     h = h.reshape(h.shape[0], -1)
     for width in self.hidden:
-      h = nn.Dense(width)(h)
+      h = nn.Dense(width, dtype=self.dtype)(h)
       if self.layer_norm:
-        h = nn.LayerNorm()(h)
+        h = nn.LayerNorm(dtype=norm_dtype(self.dtype))(h)
       h = _act(h)
-    out = nn.Dense(self.out_dim)(h)
+    out = f32_out(nn.Dense(self.out_dim, dtype=self.dtype)(h), self.dtype)
     return out[:, 0] if self.out_dim == 1 else out
 
 
@@ -65,13 +69,14 @@ class PairCritic(nn.Module):
   """
   body: Critic
   head: Sequence[int]
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, z, train: bool = False):
     h = jnp.concatenate([_act(self.body(x, train=train)), z], axis=-1)
     for width in self.head:
-      h = _act(nn.Dense(width)(h))
-    return nn.Dense(1)(h)[:, 0]
+      h = _act(nn.Dense(width, dtype=self.dtype)(h))
+    return f32_out(nn.Dense(1, dtype=self.dtype)(h), self.dtype)[:, 0]
 
 
 class InverseNet(nn.Module):
@@ -79,10 +84,11 @@ class InverseNet(nn.Module):
   (``hidden`` gives the two inner widths). z [B, d] -> [B, d]."""
   hidden: Sequence[int]
   out_dim: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, z, train: bool = False):
     h = z
     for width in self.hidden:
-      h = nn.relu(nn.Dense(width)(h))
-    return nn.Dense(self.out_dim)(h)
+      h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+    return f32_out(nn.Dense(self.out_dim, dtype=self.dtype)(h), self.dtype)

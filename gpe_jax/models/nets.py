@@ -9,10 +9,16 @@ down-sampling is space-to-depth (a free reshape) followed by a stride-1 convolut
 up-sampling is a stride-1 convolution to 4x channels followed by depth-to-space (pixel
 shuffle). Both are as expressive as their strided counterparts (a stride-2 kxk conv is a
 stride-1 ceil(k/2)-conv after space-to-depth) and fast on every backend.
+
+Mixed precision: every module takes ``dtype``, the dtype its Dense and Conv layers compute in
+(``None``: from the inputs and parameters, float32; ``jnp.bfloat16`` from
+``config.model.dtype='bfloat16'``). Parameters are float32 whatever ``dtype`` is, norm layers
+compute and return float32 (``norm_dtype``), and the output is cast to float32 (``f32_out``),
+so every loss and every GME distance is taken in float32.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,6 +49,17 @@ def _act(x: jax.Array) -> jax.Array:
   return nn.leaky_relu(x, negative_slope=0.2)
 
 
+def norm_dtype(dtype: Any) -> Any:
+  """The dtype of the norm layers of a network computing in ``dtype``: float32 (statistics and
+  outputs) under mixed precision, the default (``None``) otherwise."""
+  return None if dtype is None else jnp.float32
+
+
+def f32_out(h: jax.Array, dtype: Any) -> jax.Array:
+  """A network's output in float32 (a no-op unless it computes in a narrower ``dtype``)."""
+  return h if dtype is None else h.astype(jnp.float32)
+
+
 class MLPEncoder(nn.Module):
   """x [B, ...] -> z [B, latent_dim] (or [B, 2*latent_dim] if ``out_mult=2``).
 
@@ -56,16 +73,18 @@ class MLPEncoder(nn.Module):
   out_mult: int = 1
   norm: bool = False
   final_bias: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden:
-      h = nn.Dense(width)(h)
+      h = nn.Dense(width, dtype=self.dtype)(h)
       if self.norm:
-        h = nn.LayerNorm()(h)
+        h = nn.LayerNorm(dtype=norm_dtype(self.dtype))(h)
       h = _act(h)
-    return nn.Dense(self.latent_dim * self.out_mult, use_bias=self.final_bias)(h)
+    h = nn.Dense(self.latent_dim * self.out_mult, use_bias=self.final_bias, dtype=self.dtype)(h)
+    return f32_out(h, self.dtype)
 
 
 class MLPDecoder(nn.Module):
@@ -74,19 +93,20 @@ class MLPDecoder(nn.Module):
   out_shape: Sequence[int]
   tanh_output: bool = True
   norm: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, z, train: bool = False):
     h = z
     for width in self.hidden:
-      h = nn.Dense(width)(h)
+      h = nn.Dense(width, dtype=self.dtype)(h)
       if self.norm:
-        h = nn.LayerNorm()(h)
+        h = nn.LayerNorm(dtype=norm_dtype(self.dtype))(h)
       h = _act(h)
     size = 1
     for s in self.out_shape:
       size *= s
-    h = nn.Dense(size)(h)
+    h = f32_out(nn.Dense(size, dtype=self.dtype)(h), self.dtype)
     if self.tanh_output:
       h = jnp.tanh(h)
     return h.reshape((z.shape[0],) + tuple(self.out_shape))
@@ -106,20 +126,24 @@ class ConvEncoder(nn.Module):
   kernel: int = 3
   extra_convs: int = 0
   final_bias: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = x
+    k = (self.kernel, self.kernel)
     for i, f in enumerate(self.features):
       h = space_to_depth(h)
-      h = nn.Conv(f, (self.kernel, self.kernel), padding="SAME")(h)
+      h = nn.Conv(f, k, padding="SAME", dtype=self.dtype)(h)
       h = _act(h)
       for _ in range(self.extra_convs):
-        h = _act(nn.Conv(f, (self.kernel, self.kernel), padding="SAME")(h))
+        h = _act(nn.Conv(f, k, padding="SAME", dtype=self.dtype)(h))
       if self.batch_norm and i % 2 == 0:
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         dtype=norm_dtype(self.dtype))(h)
     h = h.reshape(h.shape[0], -1)
-    return nn.Dense(self.latent_dim * self.out_mult, use_bias=self.final_bias)(h)
+    h = nn.Dense(self.latent_dim * self.out_mult, use_bias=self.final_bias, dtype=self.dtype)(h)
+    return f32_out(h, self.dtype)
 
 
 class ConvDecoder(nn.Module):
@@ -134,6 +158,7 @@ class ConvDecoder(nn.Module):
   channels: int
   batch_norm: bool = True
   kernel: int = 3
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, z, train: bool = False):
@@ -142,16 +167,17 @@ class ConvDecoder(nn.Module):
     if base * 2 ** levels != self.image_size or base < 1:
       raise ValueError(f"ConvDecoder: image_size {self.image_size} is not divisible by "
                        f"2**{levels}; change model.dec_features or data.image_size.")
-    h = nn.Dense(base * base * self.features[0])(z)
+    h = nn.Dense(base * base * self.features[0], dtype=self.dtype)(z)
     h = _act(h).reshape(z.shape[0], base, base, self.features[0])
     k = (self.kernel, self.kernel)
     for f in self.features:
-      h = nn.Conv(4 * f, k, padding="SAME")(h)
+      h = nn.Conv(4 * f, k, padding="SAME", dtype=self.dtype)(h)
       h = _act(depth_to_space(h))
       # No bias before BatchNorm: BN removes it, its gradient is exactly zero.
-      h = nn.Conv(f, k, padding="SAME", use_bias=not self.batch_norm)(h)
+      h = nn.Conv(f, k, padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)(h)
       if self.batch_norm:
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         dtype=norm_dtype(self.dtype))(h)
       h = _act(h)
-    h = nn.Conv(self.channels, k, padding="SAME")(h)
-    return jnp.tanh(h)
+    h = nn.Conv(self.channels, k, padding="SAME", dtype=self.dtype)(h)
+    return jnp.tanh(f32_out(h, self.dtype))

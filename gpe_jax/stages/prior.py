@@ -103,7 +103,7 @@ def make_train_step(model, tx, ema_decay: float):
 
 def build(config):
   """(velocity model, optimizer, init_fn) of the prior stage."""
-  model = models.build_velocity(config.prior)
+  model = models.build_velocity(config.prior, config.model)
   tx = train_loop.make_optimizer(config.prior)
   init_fn = make_init_fn(model, tx, config.model.latent_dim, bool(config.prior.ema_decay))
   return model, tx, init_fn
