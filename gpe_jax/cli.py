@@ -4,8 +4,14 @@ r"""The one command line of every gpe_jax command: its flags, and how a failure 
     python -m gpe_jax.experiments.table1 --config=configs/default.py:smoke --workdir=/tmp/t1
 
 Flags: ``--config`` (``configs/NAME.py[:ARG]``; any field can be overridden after it, e.g.
-``--config.encoder.lr=3e-4``), ``--workdir``, the multi-host ones ``--coordinator_address``
-(``auto`` on TPU pods / SLURM), ``--num_processes``, ``--process_id``, and ``--verbose``.
+``--config.encoder.lr=3e-4``), ``--workdir``, ``--verbose``, and the multi-process ones
+(``parallel.distributed_settings``; each also from an environment variable, the flag winning):
+``--coordinator_address`` (``GPE_JAX_COORDINATOR_ADDRESS``; host:port of process 0, or
+``auto`` on Cloud TPU pods / SLURM / Open MPI), ``--num_processes`` (``GPE_JAX_NUM_PROCESSES``),
+``--process_id`` (``GPE_JAX_PROCESS_ID``), ``--distributed_init_timeout``
+(``GPE_JAX_DISTRIBUTED_INIT_TIMEOUT``, s) and ``--heartbeat_timeout``
+(``GPE_JAX_HEARTBEAT_TIMEOUT``, s). In a multi-process run every process also logs to
+``WORKDIR/logs/process_<i>.log``; the workdir's records, plots and reports are process 0's.
 
 A failure a user can fix is one paragraph on stderr, ``gpe_jax error (KIND): what happened and
 the fix``, with exit status 2, and no traceback unless ``--verbose``:
@@ -15,6 +21,8 @@ the fix``, with exit status 2, and no traceback unless ``--verbose``:
   * a workdir that cannot be written (read-only, no permission, disk full), recognised through
     the exception chains of orbax and tensorstore (``logs.workdir_write_error``).
 Ctrl-C and SIGTERM stop a run with exit status 130 and a paragraph that says how to resume.
+A process of a multi-process run whose peer died or stopped on an error exits with status 1
+and a paragraph (``PeerLost``) that names that process and its log.
 Every other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -34,8 +42,7 @@ from typing import Callable, Iterator
 from absl import app, flags
 from ml_collections import config_flags
 
-from gpe_jax import errors, logs
-from gpe_jax.parallel import maybe_initialize_distributed
+from gpe_jax import errors, logs, parallel
 
 FLAGS = flags.FLAGS
 EXIT_USER_ERROR = 2
@@ -51,11 +58,42 @@ def define_flags() -> None:
       "config", None, "Config file, configs/NAME.py or configs/NAME.py:smoke; override any "
       "field after it, e.g. --config.encoder.lr=3e-4.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, plots and reports go.")
-  flags.DEFINE_string("coordinator_address", "", "host:port of process 0, or 'auto'.")
-  flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-host).")
-  flags.DEFINE_integer("process_id", 0, "This process's index (multi-host).")
+  flags.DEFINE_string(
+      "coordinator_address", None, "Multi-process runs: host:port of process 0, or 'auto' "
+      "(jax's cluster detection: Cloud TPU pods, SLURM under srun, Open MPI); unset = one "
+      "process unless such a cluster is detected. Env: GPE_JAX_COORDINATOR_ADDRESS.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run "
+                       "(with a host:port address). Env: GPE_JAX_NUM_PROCESSES.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1 "
+                       "(process 0 runs the coordinator). Env: GPE_JAX_PROCESS_ID.")
+  flags.DEFINE_integer("distributed_init_timeout", None, "Seconds to wait for every process "
+                       "to join (default 300). Env: GPE_JAX_DISTRIBUTED_INIT_TIMEOUT.")
+  flags.DEFINE_integer("heartbeat_timeout", None, "Seconds after which a silent process "
+                       "counts as dead and the others stop (default 100). Env: "
+                       "GPE_JAX_HEARTBEAT_TIMEOUT.")
   flags.DEFINE_bool("verbose", False, "On a failure, print the full traceback, not only the "
                     "one-paragraph message.")
+
+
+# The multi-process flags (``parallel.ENV_VARS`` holds their environment variables).
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id",
+                     "distributed_init_timeout", "heartbeat_timeout")
+
+
+def start_processes(workdir: str) -> None:
+  """Join a multi-process run when the flags, the ``GPE_JAX_*`` environment variables or a
+  detected cluster ask for one (``parallel.initialize``; before any other JAX call); then
+  every process of such a run also logs to ``workdir/logs/process_<i>.log``."""
+  given = {name: FLAGS[name].value for name in DISTRIBUTED_FLAGS
+           if FLAGS[name].present and FLAGS[name].value is not None}
+  if not parallel.initialize(parallel.distributed_settings(given)):
+    return
+  import jax
+  if jax.process_count() > 1 and workdir:
+    path = logs.add_process_log(workdir, jax.process_index())
+    watch = parallel.peer_watch()
+    if watch is not None and path:
+      watch.log_hint = os.path.join(os.path.dirname(path), "process_{i}.log")
 
 
 def usage(module: str, require_workdir: bool) -> str:
@@ -87,6 +125,7 @@ def print_error(err: BaseException, verbose: bool = False,
     traceback.print_exception(cause if cause is not None else err, file=sys.stderr)
   message = re.sub(r"\n\s*\n+", "\n", str(err).strip())  # one paragraph: no blank lines
   print(f"\ngpe_jax error ({type(err).__name__}): {message}", file=sys.stderr, flush=True)
+  logs.to_log_files(f"gpe_jax error ({type(err).__name__}): {message}")
   return EXIT_INTERRUPTED if isinstance(err, errors.Interrupted) else EXIT_USER_ERROR
 
 
@@ -121,8 +160,9 @@ def user_error(exc: BaseException, workdir: str = "") -> errors.UserError | None
 
 def exit_with(err: errors.UserError, verbose: bool = False,
               cause: BaseException | None = None) -> None:
-  """Print ``err`` (``print_error``) and exit: ``sys.exit(2)``, or, for an interrupted run,
-  ``os._exit(130)`` right after flushing the logs and streams.
+  """Print ``err`` (``print_error``) and exit: ``sys.exit(2)``, or, for an interrupted run
+  and in a multi-process run, ``os._exit`` right after flushing the logs and streams
+  (``_exit_now``; the other processes are told to stop).
 
   An interrupted run skips the interpreter's teardown: a Ctrl-C that lands while XLA compiles
   on a background thread otherwise crashes it (SIGSEGV) or ends it by SIGINT, and the exit
@@ -130,8 +170,26 @@ def exit_with(err: errors.UserError, verbose: bool = False,
   for its checkpoint, and a killed run resumes exactly.
   """
   code = print_error(err, verbose, cause)
-  if code != EXIT_INTERRUPTED:
+  if code != EXIT_INTERRUPTED and not _multi_process():
     sys.exit(code)
+  _exit_now(code)
+
+
+def _multi_process() -> bool:
+  """Whether this process is one of a multi-process run (without starting JAX's backend)."""
+  import jax
+  return jax.distributed.is_initialized()
+
+
+def _exit_now(code: int) -> None:
+  """Tell the other processes of a multi-process run that this one stops (they stop too, at
+  once), flush the logs and streams, and end the process without the interpreter's teardown.
+
+  In a multi-process run that teardown would wait in jax's shutdown barrier for the other
+  processes, which stop without one (or are stuck in a collective waiting for this one), until
+  the heartbeat timeout, and then abort.
+  """
+  parallel.process_failing()
   with contextlib.suppress(Exception):
     logging.shutdown()
   with contextlib.suppress(Exception):
@@ -145,13 +203,18 @@ def reporting(verbose: bool = False, workdir: str = "") -> Iterator[None]:
   """Turn user-facing failures of the body into one paragraph and exit 2 (130 when
   interrupted) through ``exit_with``.
 
-  Bugs (anything ``user_error`` does not recognise) propagate with their traceback.
+  Bugs (anything ``user_error`` does not recognise) propagate with their traceback; in a
+  multi-process run the traceback is printed here and the process ends at once with status 1
+  (``_exit_now``), so the other processes stop too instead of waiting for it.
   """
   try:
     yield
   except BaseException as e:  # KeyboardInterrupt too; the rest is re-raised
     err = user_error(e, workdir)
     if err is None:
+      if isinstance(e, Exception) and _multi_process():
+        traceback.print_exc()
+        _exit_now(1)
       raise
     exit_with(err, verbose, cause=e)
 
@@ -450,8 +513,7 @@ def run(body: Callable[..., object], module: str, require_workdir: bool = False,
     default_workdir: ``default_workdir(config)``, the workdir when --workdir is absent.
   """
   define_flags()
-  for name in ("config", "workdir", "coordinator_address", "num_processes", "process_id",
-               "verbose"):  # what --help lists for this command
+  for name in ("config", "workdir", *DISTRIBUTED_FLAGS, "verbose"):  # what --help lists
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
   install_signal_handlers()
 
@@ -468,9 +530,9 @@ def run(body: Callable[..., object], module: str, require_workdir: bool = False,
       config = FLAGS.config
       workdir = FLAGS.workdir or (default_workdir(config) if default_workdir else "")
     with reporting(verbose, workdir):
-      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
+      start_processes(workdir)
       body(config, workdir)
+    parallel.process_finished()
 
   app.run(main, flags_parser=functools.partial(parse_flags, module=module,
                                                require_workdir=require_workdir))

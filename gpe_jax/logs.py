@@ -10,6 +10,7 @@ Workdir layout (each arrow of the pipeline is a file here):
   <stage>/*.png               the stage's plots
   encoder/latent_stats.npz    latent normalisation (mean [d], scale C) -- PAPERS §1.4
   .lock                       held (flock) by the run using the workdir: pid, host, command
+  logs/process_<i>.log        multi-process runs: each process's own log (``add_process_log``)
 
 Record files survive kills and full disks: JSON files are replaced atomically (temp file,
 fsync, rename), a torn last line of metrics.jsonl is dropped (and cut off before the next
@@ -78,7 +79,50 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def is_main_process() -> bool:
+  """Whether this is process 0, the one that writes the workdir's records, plots and reports
+  (every process calls orbax's save and restore; each writes its own log file)."""
   return jax.process_index() == 0
+
+
+PROCESS_LOG = os.path.join("logs", "process_{i}.log")
+
+
+def to_log_files(message: str, level: int = logging.ERROR) -> None:
+  """Write ``message`` to the log files only (``add_process_log``), e.g. the paragraph of a
+  failure that is printed on stderr already."""
+  record = logging.LogRecord("gpe_jax", level, __file__, 0, "%s", (message,), None)
+  for handler in logging.getLogger().handlers:
+    if isinstance(handler, logging.FileHandler):
+      with contextlib.suppress(Exception):
+        handler.handle(record)
+        handler.flush()
+
+
+def add_process_log(workdir: str, index: int) -> str:
+  """Also log (INFO and up, timestamped) to ``workdir/logs/process_<index>.log``, appending:
+  each process of a multi-process run keeps its own log beside the run's outputs.
+
+  Returns:
+    The log file's path; '' when it cannot be opened (a warning; the run goes on, logging to
+    stderr only, and fails on its first real write if the workdir is not writable).
+  """
+  path = os.path.join(os.path.abspath(workdir), PROCESS_LOG.replace("{i}", str(int(index))))
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
+  except OSError as e:
+    logging.warning("process %d: cannot open its log file %s (%s); logging to stderr only",
+                    index, path, e)
+    return ""
+  handler.setLevel(logging.INFO)
+  handler.setFormatter(logging.Formatter(
+      f"%(asctime)s process {int(index)} %(levelname)s %(name)s: %(message)s"))
+  handler.addFilter(QuietLibraries())
+  logging.getLogger().addHandler(handler)
+  logging.info("process %d of %d: logging to %s (pid %d on %s, %d local of %d devices)",
+               index, jax.process_count(), path, os.getpid(), socket.gethostname(),
+               jax.local_device_count(), jax.device_count())
+  return path
 
 
 def to_jsonable(obj: Any) -> Any:

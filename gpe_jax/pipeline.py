@@ -17,6 +17,10 @@ stage it would reuse was computed from the inputs this run asks for. Then, per s
     again, its old outputs moved to ``workdir/stale/<stage>-<time>`` (never deleted).
 After the run every other finished stage on disk whose inputs changed is moved aside the same
 way, and ``summary.json`` is rebuilt from the records of what is on disk.
+
+In a multi-process run every process runs every stage (the train steps and evaluations are
+collectives), process 0 alone writes records, plots and summaries, and the processes meet at a
+barrier before and after each stage, so each reads the records process 0 has written.
 """
 from __future__ import annotations
 
@@ -261,6 +265,7 @@ def run_stage(ctx, name: str) -> dict:
       common.move_aside(ctx.workdir, name, "it was started on other upstream results")
   if spec.trains:
     common.write_started(ctx, name)
+  parallel.sync_processes(f"pipeline: {name} starts")   # after process 0's moves and records
   return spec.run(ctx)
 
 
@@ -317,6 +322,9 @@ def run(config, workdir: str) -> dict:
       adopt_legacy(ctx)
       for name in config.stages:
         run_stage(ctx, name)
+        # Process 0 alone writes the stage's records and manifest, which the next stages
+        # read on every process: all wait here until they are on disk.
+        parallel.sync_processes(f"pipeline: {name} done")
     finally:
       writer.close()
       sweep_stale(workdir)

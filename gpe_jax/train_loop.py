@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from gpe_jax import logs, parallel
+from gpe_jax.data import prefetch
 from gpe_jax.errors import CheckpointError, Interrupted, NonFiniteError  # noqa: F401
 
 # Test hook: SIGKILL this process right after the checkpoint of this step is committed, to
@@ -319,7 +320,8 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
     return bool(target > 0 and stage.target_key and eval_metrics[stage.target_key] <= target)
 
   def save(step: int) -> None:
-    with _interrupts_deferred():   # Ctrl-C / SIGTERM are taken once the save is on disk
+    # Ctrl-C / SIGTERM are taken once the save is on disk; so is the exit for a lost peer
+    with _interrupts_deferred(), parallel.checkpoint_guard():
       mngr.save(step, args=ocp.args.StandardSave(state), force=True)
       timing[str(step)] = prior_seconds + time.perf_counter() - t_start
       mngr.wait_until_finished()
@@ -334,13 +336,17 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
              mininterval=1.0)
   metrics = None
   step = start
+  batches = None
   try:
     if start >= num_steps and stage.eval_fn is not None:
       evaluate(start)
-    while step < num_steps:
-      batch = parallel.to_global(stage.batch_fn(step), mesh)
+    workers, ahead = getattr(stage.batch_fn, "prefetch", (0, 1))
+    batches = prefetch.Prefetcher(stage.batch_fn, lambda b: parallel.to_global(b, mesh), start,
+                                  num_steps, workers=workers, host_ahead=max(2 * workers, ahead),
+                                  device_ahead=ahead)
+    for at, batch in batches:
       state, metrics = step_fn(state, batch)
-      step += 1
+      step = at + 1
       bar.update(1)
       is_log = step % cfg.log_every == 0 or step == num_steps
       is_ckpt = step % cfg.checkpoint_every == 0 or step == num_steps
@@ -370,6 +376,8 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
         f"{'none' if saved is None else f'step {saved}'}). Rerun the same command to resume "
         "from the last checkpoint; finished stages are kept.", stage.name, step, saved) from None
   finally:
+    if batches is not None:
+      batches.close()
     bar.close()
     mngr.wait_until_finished()
     mngr.close()

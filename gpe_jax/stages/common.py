@@ -43,7 +43,7 @@ import numpy as np
 from gpe_jax import logs, models
 from gpe_jax.autoencoders import (batched_apply, latent_stats,  # noqa: F401  (re-exported)
                                   normalize_latents)
-from gpe_jax.data import BatchSampler, Dataset
+from gpe_jax.data import BatchSampler, Dataset, stream
 
 DONE = "done.json"
 STARTED = "inputs.json"
@@ -74,8 +74,13 @@ class Context:
     return path
 
   def sampler(self, arrays: dict) -> BatchSampler:
-    return BatchSampler(arrays, self.config.data.batch_size, self.config.seed,
-                        jax.process_index(), jax.process_count())
+    """This process's training batches; the train loop reads them ahead of the steps
+    (``config.data.workers`` host threads, ``config.data.prefetch`` steps on the devices)."""
+    sampler = BatchSampler(arrays, self.config.data.batch_size, self.config.seed,
+                           jax.process_index(), jax.process_count())
+    data = self.config.data
+    sampler.prefetch = (int(data.get("workers", 0)), int(data.get("prefetch", 1)))
+    return sampler
 
 
 def _no_upstream(ctx) -> dict:
@@ -119,15 +124,23 @@ def section_inputs(section) -> dict:
 # workdirs were trained on: at that value a field is left out of the records, so such
 # workdirs keep their fingerprints.
 _ADDED_DATA_FIELDS = {"mixture": {"layout": "circle", "shift": 0.0}}
+# Model fields added later, left out at these values so older workdirs keep their fingerprints.
+_ADDED_MODEL_FIELDS = {"dtype": "float32"}
+
+
+# Data fields that change where or how fast data is read, never a number: not inputs.
+_RUNTIME_DATA_FIELDS = ("tfds_data_dir", "workers", "prefetch")
 
 
 def base_inputs(config) -> dict:
   """What every stage's result depends on: the model, the data and the seed."""
-  data = {k: v for k, v in config.data.to_dict().items() if k != "tfds_data_dir"}
+  data = {k: v for k, v in config.data.to_dict().items() if k not in _RUNTIME_DATA_FIELDS}
   for sub, fields in _ADDED_DATA_FIELDS.items():
     if isinstance(data.get(sub), dict):
       data[sub] = {k: v for k, v in data[sub].items() if fields.get(k, object()) != v}
-  return {"model": config.model.to_dict(), "data": data, "seed": int(config.seed)}
+  model = {k: v for k, v in config.model.to_dict().items()
+           if _ADDED_MODEL_FIELDS.get(k, object()) != v}
+  return {"model": model, "data": data, "seed": int(config.seed)}
 
 
 def stage_inputs(spec: StageSpec, config) -> dict:
@@ -241,15 +254,57 @@ def training_inputs(name: str) -> Callable[[Any], dict]:
   return inputs
 
 
+def sharded_apply(fn: Callable, x: np.ndarray, batch_size: int, mesh) -> np.ndarray:
+  """``batched_apply`` over the devices of ``mesh`` and the processes: every batch of
+  ``batch_size`` rows (the last padded) is a global array sharded on "data", each process
+  feeding its contiguous share (``jax.make_array_from_process_local_data``), and the outputs
+  are gathered exactly (a copy, no arithmetic) to a host array [N, ...] on every process.
+
+  ``x`` must be the same on every process (the held-out split is). One process with eight
+  devices and two processes with four each run the same per-device program, so they compute
+  the same numbers. A ``batch_size`` that the mesh cannot split falls back to
+  ``batched_apply`` in a single-process run.
+
+  Args:
+    fn: jitted per-batch function of a [batch_size, ...] array (parameters bound).
+    x: [N, ...] host array, identical on every process.
+    batch_size: rows per call (a multiple of the mesh's devices).
+    mesh: the run's ("data",) mesh.
+  """
+  from jax.experimental import multihost_utils
+  from gpe_jax import parallel
+  nproc, me = jax.process_count(), jax.process_index()
+  if batch_size % mesh.devices.size:
+    if nproc == 1:
+      return batched_apply(fn, x, batch_size)
+    parallel.check_batch_size(batch_size, mesh, "the evaluation batch size")
+  share = batch_size // nproc
+  sharding = parallel.batch_sharding(mesh)
+  outs = []
+  for i in range(0, x.shape[0], batch_size):
+    xb = np.asarray(x[i:i + batch_size])
+    m = xb.shape[0]
+    if m < batch_size:
+      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)], axis=0)
+    local = np.ascontiguousarray(xb[me * share:(me + 1) * share])
+    out = fn(jax.make_array_from_process_local_data(sharding, local))
+    outs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True))[:m])
+  return np.concatenate(outs, axis=0)
+
+
 def describe_encoder(ctx: Context, stage: str, embed, label: str):
   """What every trained encoder (GPE's or a baseline's) leaves in ``workdir/<stage>/``:
   ``latent_stats.npz`` (PAPERS §1.4), the geometry metrics of its held-out embeddings (PAPERS
   §1.2), ``latent_scatter.png`` and ``distortion.png``.
 
+  The embeddings are computed over the mesh and the processes (``sharded_apply``), so every
+  process holds them all and a multi-process run measures what a single process would.
+
   Args:
     ctx: the run context.
     stage: the stage's name (its folder).
-    embed: x [B, ...] -> T(x) [B, d], batched by ``config.data.batch_size``.
+    embed: x [B, ...] -> T(x) [B, d], batched by ``config.data.batch_size`` (a jitted function
+      of a global array sharded on "data").
     label: how plots name the encoder.
 
   Returns:
@@ -262,11 +317,12 @@ def describe_encoder(ctx: Context, stage: str, embed, label: str):
   bsz = cfg.data.batch_size
   out_dir = ctx.stage_dir(stage)
   n_stats = min(cfg.eval.latent_stats_samples, data.x_train.shape[0])
-  stats = latent_stats(batched_apply(embed, data.x_train[:n_stats], bsz))
+  # a streamed split stays streamed: one batch of rows is read and converted at a time
+  stats = latent_stats(sharded_apply(embed, stream.head(data.x_train, n_stats), bsz, ctx.mesh))
   save_latent_stats(os.path.join(out_dir, "latent_stats.npz"), stats)
   n_geo = min(cfg.eval.geometry_points, data.x_test.shape[0])
   x_geo = data.x_test[:n_geo]
-  z_geo = batched_apply(embed, x_geo, bsz)
+  z_geo = sharded_apply(embed, x_geo, bsz, ctx.mesh)
   metrics = geometry.geometry_metrics(x_geo, z_geo, alphas=tuple(cfg.eval.alphas),
                                       knn_k=cfg.eval.knn_k)
   metrics["latent_scale"] = float(stats["scale"])
