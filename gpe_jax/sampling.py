@@ -342,7 +342,10 @@ def generate(latent_sampler, params, decode, num: int, latent_dim: int, seed: in
       zb = np.concatenate([zb, np.zeros((batch_size - m, latent_dim), np.float32)])
     z, info = latent_sampler(params, zb)
     nfes.append(int(info["nfe"]))
-    zs.append(np.asarray(z)[:m])
+    # On the host: the velocity net's parameters may live on the whole mesh (a prior being
+    # trained) and the frozen decoder's on one device; jit refuses to mix the two.
+    z = np.asarray(z)
+    zs.append(z[:m])
     if decode is not None:
       xs.append(np.asarray(decode(z))[:m])
   z = np.concatenate(zs)

@@ -150,3 +150,26 @@ def test_unknown_method_raises():
     sampling.solve(linear_velocity, Z0, method="bogus")
   with pytest.raises(ValueError):
     sampling.integrate(linear_velocity, Z0, method="dopri5")
+
+
+def test_generate_with_a_mesh_prior_and_a_one_device_decoder():
+  """While a prior trains, its parameters live on the whole mesh (8 devices here) and the
+  frozen decoder's on one device: generation must not hand one's outputs to the other on
+  device (jit refuses arrays committed to different devices)."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  class Velocity(nn.Module):
+    @nn.compact
+    def __call__(self, z, t):
+      return nn.Dense(z.shape[-1])(jnp.concatenate([z, jnp.broadcast_to(t, z[:, :1].shape)], -1))
+
+  model = Velocity()
+  params = model.init(jax.random.key(0), jnp.zeros((4, 3)), jnp.zeros(()))["params"]
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  w = jax.device_put(jnp.ones((3, 5)), jax.devices()[0])
+  decode = functools.partial(jax.jit(lambda w, z: z @ w), w)   # parameters as an argument
+  sampler = sampling.make_latent_sampler(model, method="euler", num_steps=2)
+  z0, z, x, nfe = sampling.generate(sampler, params, decode, 6, 3, seed=0, batch_size=4)
+  assert z.shape == (6, 3) and x.shape == (6, 5) and nfe == 2
+  np.testing.assert_allclose(x, z @ np.ones((3, 5)), rtol=1e-6)
