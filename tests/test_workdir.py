@@ -266,3 +266,15 @@ def test_data_fields_added_later_keep_old_fingerprints():
   rings = variant(cfg, **{"data.mixture.layout": "rings", "data.mixture.shift": 0.5})
   got = common.base_inputs(rings)["data"]["mixture"]
   assert got["layout"] == "rings" and got["shift"] == 0.5
+
+
+def test_model_dtype_and_data_reading_fields_keep_old_fingerprints():
+  """model.dtype came later (left out at 'float32', recorded otherwise); data.workers and
+  data.prefetch change how data is read, never a number (never recorded)."""
+  cfg = default.get_config()
+  inputs = common.base_inputs(cfg)
+  assert "dtype" not in inputs["model"]
+  assert not {"workers", "prefetch", "tfds_data_dir"} & set(inputs["data"])
+  bf16 = variant(cfg, **{"model.dtype": "bfloat16", "data.workers": 0})
+  got = common.base_inputs(bf16)
+  assert got["model"]["dtype"] == "bfloat16" and got["data"] == inputs["data"]

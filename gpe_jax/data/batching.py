@@ -8,6 +8,7 @@ same global batch and takes its own contiguous slice of it without communicating
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+import threading
 
 import numpy as np
 
@@ -99,17 +100,20 @@ class BatchSampler:
       raise DataError(f'The data seed must be >= 0; got {seed}.')
     self._epoch = -1
     self._perm = None
+    self._lock = threading.Lock()   # prefetching threads ask for several steps at once
 
   def indices(self, step: int) -> np.ndarray:
     """int64 ``[B / P]`` global row indices of this process at ``step``."""
     if step < 0:
       raise DataError(f'step must be >= 0; got {step}.')
     epoch, pos = divmod(step, self.steps_per_epoch)
-    if epoch != self._epoch:
-      self._perm = epoch_permutation(self.seed, epoch, self.num_examples)
-      self._epoch = epoch
+    with self._lock:
+      if epoch != self._epoch:
+        self._perm = epoch_permutation(self.seed, epoch, self.num_examples)
+        self._epoch = epoch
+      perm = self._perm
     start = pos * self.batch_size + self.process_index * self.local_batch_size
-    return self._perm[start:start + self.local_batch_size]
+    return perm[start:start + self.local_batch_size]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of the global batch of ``step``, one entry per array."""

@@ -14,14 +14,15 @@ from gpe_jax.errors import DataError  # noqa: F401  (re-exported: data modules r
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-  """A dataset held in host memory, already split, scaled and resized.
+  """A dataset, already split: float32 in host memory, or streamed from a prepared folder.
 
   ``eq=False`` keeps identity comparison and hashing: comparing arrays element-wise is never
   what ``==`` on a dataset should mean.
 
   Attributes:
     name: registry name, e.g. ``'digits'``.
-    x_train: float32 ``[N, H, W, C]`` images in [-1, 1] (NHWC), or ``[N, D]`` vectors.
+    x_train: float32 ``[N, H, W, C]`` images in [-1, 1] (NHWC), or ``[N, D]`` vectors; for a
+      prepared folder a ``stream.StreamedImages`` view that converts rows when indexed.
     x_test: float32 held-out split, same layout as ``x_train`` (``[M, ...]``).
     y_train: int32 ``[N]`` labels, or None for unlabeled data.
     y_test: int32 ``[M]`` labels, or None (exactly when ``y_train`` is None).
@@ -37,7 +38,9 @@ class Dataset:
   def __post_init__(self):
     for split in ('x_train', 'x_test'):
       x = getattr(self, split)
-      if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim not in (2, 4):
+      streamed = type(x).__name__ == 'StreamedImages'   # gpe_jax.data.stream (no import)
+      if not (isinstance(x, np.ndarray) or streamed) or x.dtype != np.float32 or (
+          x.ndim not in (2, 4)):
         raise DataError(
             f'Dataset {self.name!r}: {split} must be a float32 numpy array of shape [N, D] or '
             f'[N, H, W, C]; got {type(x).__name__} {getattr(x, "dtype", None)} '

@@ -14,6 +14,10 @@ name, and dispatches to a loader in ``sources``:
   npz             npz
   image_folder    image_folder
 
+A ``path`` that is a prepared folder (``python -m gpe_jax.data.prepare``, it holds
+``prepared.json``) resolves to the ``prepared`` source for every image dataset: its images are
+streamed from disk per batch instead of loaded.
+
 For image datasets with ``source='auto'`` and ``path`` set, the path decides: a ``.npz``
 file reads as npz, a directory as IDX files (mnist, fashion_mnist) or as an image folder
 (every other image dataset). ``npz`` and ``image_folder`` may also be named explicitly for
@@ -31,9 +35,9 @@ from gpe_jax.data.core import DataError, Dataset
 
 DATASETS = ('digits', 'fashion_mnist', 'mnist', 'cifar10', 'celeb_a', 'celeb_a_hq', 'mixture',
             'npz', 'image_folder')
-SOURCES = ('auto', 'idx', 'tfds', 'npz', 'image_folder', 'sklearn', 'synthetic')
+SOURCES = ('auto', 'idx', 'tfds', 'npz', 'image_folder', 'prepared', 'sklearn', 'synthetic')
 
-_FILE_SOURCES = ('npz', 'image_folder')
+_FILE_SOURCES = ('npz', 'image_folder', 'prepared')
 # Sources each dataset name accepts when named explicitly.
 ALLOWED_SOURCES = {
     'digits': ('sklearn',) + _FILE_SOURCES,
@@ -43,12 +47,12 @@ ALLOWED_SOURCES = {
     'celeb_a': ('tfds',) + _FILE_SOURCES,
     'celeb_a_hq': ('tfds',) + _FILE_SOURCES,
     'mixture': ('synthetic',),
-    'npz': ('npz',),
-    'image_folder': ('image_folder',),
+    'npz': ('npz', 'prepared'),
+    'image_folder': ('image_folder', 'prepared'),
 }
 
 _FIELDS = ('name', 'path', 'source', 'image_size', 'center_crop', 'num_held_out', 'max_train',
-           'max_test', 'split_seed', 'tfds_data_dir', 'mixture', 'batch_size')
+           'max_test', 'split_seed', 'tfds_data_dir', 'mixture', 'batch_size', 'workers', 'prefetch')
 _MIXTURE_FIELDS = ('num_components', 'dim', 'num_train', 'num_test', 'radius', 'std_major',
                    'std_minor', 'seed', 'layout', 'shift')
 
@@ -72,6 +76,9 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
       split_seed: seed of the held-out split.
       tfds_data_dir: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
       batch_size: global training batch size.
+      workers: host threads that read and convert the next training batches (0 = none: each
+        batch is read when its step starts). Changes no number.
+      prefetch: training batches placed on the devices ahead of the step that uses them.
       mixture: synthetic mixture (``sources.make_mixture``):
         num_components: K equal-weight Gaussians (labels 0..K-1).
         dim: ambient dimension (>= 2).
@@ -98,6 +105,8 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
   cfg.split_seed = 0
   cfg.tfds_data_dir = ''
   cfg.batch_size = 100
+  cfg.workers = 2
+  cfg.prefetch = 2
   cfg.mixture = ml_collections.ConfigDict()
   cfg.mixture.num_components = 6
   cfg.mixture.dim = 500
@@ -141,7 +150,9 @@ def _check_config(cfg):
                     f'--config.data.source=auto or one of '
                     f'{", ".join(ALLOWED_SOURCES[cfg.name])}.')
   bad = [f'{f}={cfg[f]}' for f in ('image_size', 'num_held_out', 'max_train', 'max_test',
-                                   'split_seed') if cfg[f] < 0]
+                                   'split_seed', 'workers') if cfg[f] < 0]
+  if cfg.prefetch < 1:
+    bad.append(f'prefetch={cfg.prefetch} (must be >= 1)')
   if cfg.center_crop < -1:
     bad.append(f'center_crop={cfg.center_crop}')
   if bad:
@@ -154,6 +165,10 @@ def resolve_source(cfg) -> str:
   name, source = cfg.name, cfg.source
   if source != 'auto':
     return source
+  if cfg.path and name != 'mixture':
+    path = os.path.abspath(os.path.expanduser(cfg.path))
+    if os.path.isfile(os.path.join(path, 'prepared.json')):
+      return 'prepared'
   if name in ('mixture', 'npz', 'image_folder'):
     return ALLOWED_SOURCES[name][0]
   if cfg.path:
@@ -217,6 +232,8 @@ def load_dataset(data_cfg) -> Dataset:
     ds = sources.load_npz(data_cfg, name)
   elif source == 'image_folder':
     ds = sources.load_image_folder(data_cfg, name)
+  elif source == 'prepared':
+    ds = sources.load_prepared(data_cfg, name)
   elif source == 'synthetic':
     ds = sources.make_mixture(data_cfg, name)
   else:  # unreachable: _check_config validated the source

@@ -414,6 +414,52 @@ def _read_tfds_tensorflow(builder, split: str, indices: np.ndarray, label_key: s
     yield from _stack_same_shape(batch)
 
 
+# Stream unlabelled fixed-size array_record datasets instead of loading them (tests switch it).
+STREAM_TFDS = True
+
+
+def _tfds_image_shape(builder) -> tuple[int, int, int] | None:
+  """The fixed ``(H, W, C)`` of the dataset's ``image`` feature, or None if it varies."""
+  try:
+    shape = tuple(builder.info.features['image'].shape)
+  except (KeyError, AttributeError, TypeError):
+    return None
+  if len(shape) == 2:
+    shape = shape + (1,)
+  if len(shape) != 3 or any(d is None for d in shape):
+    return None
+  return tuple(int(d) for d in shape)
+
+
+class TfdsRows:
+  """Random access to the images of one split of an array_record tfds copy (no TensorFlow):
+  ``read(rows)`` decodes just those records."""
+
+  def __init__(self, builder, split: str, shape: tuple[int, int, int], name: str):
+    self._source = builder.as_data_source(split=split)
+    self.shape = (len(self._source),) + tuple(shape)
+    self.dtype = np.dtype(np.uint8)
+    self.path = f'{builder.data_dir}:{split}'
+    self.name = name
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def read(self, rows: np.ndarray) -> np.ndarray:
+    keys = [int(i) for i in np.asarray(rows).reshape(-1)]
+    if not keys:
+      return np.zeros((0,) + self.shape[1:], np.uint8)
+    if hasattr(self._source, '__getitems__'):
+      records = self._source.__getitems__(keys)
+    else:
+      records = [self._source[k] for k in keys]
+    images = [_record_image(r, self.name) for r in records]
+    if any(im.shape != self.shape[1:] for im in images):
+      raise DataError(f'Dataset {self.name!r}: a record of {self.path} is not '
+                      f'{self.shape[1:]}; the dataset info says every image has that shape.')
+    return np.stack(images).astype(np.uint8, copy=False)
+
+
 def load_tfds(cfg, name: str) -> Dataset:
   """A dataset prepared by tensorflow-datasets on local disk; never downloads.
 
@@ -421,6 +467,8 @@ def load_tfds(cfg, name: str) -> Dataset:
   (``DataError`` at once if absent). array_record copies are read with
   ``builder.as_data_source`` (no TensorFlow needed); other formats need TensorFlow.
   Only the records the splits keep (after ``max_train`` / ``max_test``) are decoded.
+  Unlabelled array_record copies with fixed-size images (CelebA, CelebA-HQ) are streamed
+  (``TfdsRows``): a batch's records are decoded when its step asks for them.
   """
   if name not in TFDS_SPECS:
     raise DataError(f'Dataset {name!r} has no tensorflow-datasets source; datasets with one: '
@@ -459,6 +507,20 @@ def load_tfds(cfg, name: str) -> Dataset:
     train_idx, test_idx = official_split(n_train, splits[test_split].num_examples,
                                          max_train=cfg.max_train, max_test=cfg.max_test)
     read = [(train_split, train_idx), (test_split, test_idx)]
+
+  shape = _tfds_image_shape(builder)
+  if STREAM_TFDS and reader is _read_tfds_array_record and label_key is None and shape:
+    # Unlabelled, fixed-size images in array_record (CelebA, CelebA-HQ): streamed, each batch's
+    # records decoded when its step asks for them; nothing is loaded here.
+    from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+    xs = []
+    for split, idx in read:
+      if not len(idx):
+        raise DataError(f'Dataset {name!r}: split {split!r} of {version_dir} is empty.')
+      store = TfdsRows(builder, split, shape, name)
+      xs.append(stream.StreamedImages(store, idx, cfg.center_crop, cfg.image_size, name))
+    return Dataset(name=name, x_train=xs[0], x_test=xs[1], y_train=None, y_test=None,
+                   source=f'tfds:{tfds_name}@{data_dir}')
 
   xs, ys = [], []
   for split, idx in read:
@@ -601,6 +663,16 @@ def _read_folder_chunks(files: Sequence[str], mode: str, name: str) -> Iterator[
     yield from _stack_same_shape(images)
 
 
+GRAY_MODES = _GRAY_MODES
+read_folder_chunks = _read_folder_chunks
+
+
+def image_mode(path: str, name: str) -> str:
+  """The PIL mode of the image at ``path``."""
+  with _open_image(path, name) as im:
+    return im.mode
+
+
 def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
   """Every .png/.jpg/.jpeg under ``path`` (recursive, sorted), unlabeled.
 
@@ -633,6 +705,49 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
 
   return Dataset(name=name, x_train=load(train), x_test=load(test), y_train=None, y_test=None,
                  source=f'image_folder:{path}')
+
+
+# --------------------------------------------------------------------------------------
+# Prepared folders (``gpe_jax.data.prepare``): uint8 .npy splits, streamed per batch
+# --------------------------------------------------------------------------------------
+
+
+def load_prepared(cfg, name: str) -> Dataset:
+  """A folder written by ``python -m gpe_jax.data.prepare``, streamed: nothing but the labels
+  is loaded; each batch's rows are read and converted (crop, scale, resize) when asked for."""
+  from gpe_jax.data import prepare, stream  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.path.expanduser(cfg.path)) if cfg.path else ''
+  meta = prepare.read_meta(path) if path else None
+  if meta is None:
+    raise DataError(
+        f'Dataset {name!r}: the prepared source reads --config.data.path, which '
+        f'{"is not set" if not path else f"points to {path}, which holds no {prepare.META}"}. '
+        'Prepare a folder first, e.g. `python -m gpe_jax.data.prepare --out=DIR image_folder '
+        'IMAGES` (see `python -m gpe_jax.data.prepare --help`), and pass '
+        '--config.data.path=DIR.')
+  if meta.get('format') != prepare.FORMAT:
+    raise DataError(f'Dataset {name!r}: {path} was prepared in format {meta.get("format")}, '
+                    f'this version reads format {prepare.FORMAT}; prepare it again.')
+  train_store = stream.NpyRows(os.path.join(path, 'train_images.npy'))
+  test_file = os.path.join(path, 'test_images.npy')
+  has_test = os.path.exists(test_file)
+  if has_test:
+    test_store = stream.NpyRows(test_file)
+    train_idx, test_idx = official_split(len(train_store), len(test_store),
+                                         max_train=cfg.max_train, max_test=cfg.max_test)
+  else:
+    test_store = train_store
+    train_idx, test_idx = _cfg_split(cfg, name, len(train_store))
+  y_train = y_test = None
+  if meta.get('labels'):
+    labels = np.load(os.path.join(path, 'train_labels.npy')).astype(np.int32)
+    y_train = labels[train_idx]
+    y_test = (np.load(os.path.join(path, 'test_labels.npy')).astype(np.int32)[test_idx]
+              if has_test else labels[test_idx])
+  x_train = stream.StreamedImages(train_store, train_idx, cfg.center_crop, cfg.image_size, name)
+  x_test = stream.StreamedImages(test_store, test_idx, cfg.center_crop, cfg.image_size, name)
+  return Dataset(name=name, x_train=x_train, x_test=x_test, y_train=y_train, y_test=y_test,
+                 source=f'prepared:{path}')
 
 
 # --------------------------------------------------------------------------------------

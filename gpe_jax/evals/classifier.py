@@ -194,7 +194,10 @@ def _cache_key(data: Dataset, cfg) -> str:
                 y_test_shape=None if data.y_test is None else list(data.y_test.shape),
                 cfg=cfg_values)
   h.update(json.dumps(header, sort_keys=True, default=str).encode())
-  h.update(np.ascontiguousarray(data.x_train).data)
+  if hasattr(data.x_train, "fingerprint"):   # streamed: its stored bytes, rows and transform
+    h.update(data.x_train.fingerprint().encode())
+  else:
+    h.update(np.ascontiguousarray(data.x_train).data)
   h.update(np.ascontiguousarray(data.y_train).data)
   return h.hexdigest()[:16]
 

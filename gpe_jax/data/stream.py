@@ -1,0 +1,233 @@
+"""Streamed images: compact storage on disk, float32 only for the rows a batch asks for.
+
+A prepared dataset (``gpe_jax.data.prepare``) is a folder of uint8 ``.npy`` arrays. Here it is
+read without ever holding it in memory:
+
+* ``NpyRows`` reads rows of a ``.npy`` file with positional reads (``os.pread``), so nothing is
+  memory-mapped and the pages read never count towards the process's resident memory; it is
+  safe to call from several threads at once (the prefetching workers do).
+* ``StreamedImages`` looks like the float32 ``[N, H', W', C]`` array in [-1, 1] the rest of the
+  code expects (``shape``, ``dtype``, ``len``, indexing with an int, a slice or an index array)
+  and converts only the rows asked for: centre crop, scale, resize
+  (``transforms.transform_chunk``, the same function the in-memory sources use, so a row is
+  bit-identical to what an in-memory load of the same pixels would hold).
+
+Whole-array uses stay possible for small data (``np.asarray`` materialises it) and the few
+whole-split statistics the stages need (``mean``) are computed in chunks.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from gpe_jax.data import transforms
+from gpe_jax.data.core import DataError
+
+# Rows converted per chunk by whole-split passes (``mean``, ``__array__``, ``fingerprint``).
+_CHUNK_ROWS = 256
+
+
+class NpyRows:
+  """Random access to the rows of an uncompressed, C-ordered ``.npy`` file.
+
+  Attributes:
+    path: the file.
+    shape: the array's shape (rows first).
+    dtype: its element type.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      with open(path, 'rb') as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+          shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+          shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        self._offset = f.tell()
+    except (OSError, ValueError) as e:
+      raise DataError(f'{path} is not a readable .npy array ({e}); prepare the dataset again '
+                      'with `python -m gpe_jax.data.prepare`.') from e
+    if fortran or dtype.hasobject or not shape:
+      raise DataError(f'{path} holds a {"Fortran-ordered " if fortran else ""}{dtype} array of '
+                      f'shape {shape}; a prepared split must be a C-ordered numeric array with '
+                      'rows first. Prepare it again with `python -m gpe_jax.data.prepare`.')
+    self.shape = tuple(int(s) for s in shape)
+    self.dtype = np.dtype(dtype)
+    self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+    expected = self._offset + self._row_bytes * self.shape[0]
+    size = os.path.getsize(path)
+    if size < expected:
+      raise DataError(f'{path} is truncated: {size} bytes, {expected} expected for '
+                      f'{self.shape} {self.dtype}. Prepare the dataset again.')
+    self._fd = os.open(path, os.O_RDONLY)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def read(self, rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` (int array, any order, repeats allowed) as ``[len(rows), ...]``."""
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    out = np.empty((rows.size,) + self.shape[1:], self.dtype)
+    if not rows.size:
+      return out
+    if rows.min() < 0 or rows.max() >= self.shape[0]:
+      raise IndexError(f'row index out of range for {self.path} with {self.shape[0]} rows')
+    order = np.argsort(rows, kind='stable')
+    srt = rows[order]
+    flat = out.reshape(rows.size, -1).view(np.uint8).reshape(rows.size, self._row_bytes)
+    # Runs of consecutive rows become one read each.
+    breaks = np.flatnonzero(np.diff(srt) != 1) + 1
+    for run in np.split(np.arange(rows.size), breaks):
+      flat[order[run]] = self._pread(int(srt[run[0]]), len(run))
+    return out
+
+  def _pread(self, first: int, count: int) -> np.ndarray:
+    """``count`` consecutive rows from row ``first``, as ``[count, row_bytes]`` uint8."""
+    nbytes = count * self._row_bytes
+    parts, got, offset = [], 0, self._offset + first * self._row_bytes
+    while got < nbytes:
+      part = os.pread(self._fd, nbytes - got, offset + got)
+      if not part:
+        raise DataError(f'{self.path}: short read at row {first} (file changed on disk?); '
+                        'prepare the dataset again.')
+      parts.append(part)
+      got += len(part)
+    buf = parts[0] if len(parts) == 1 else b''.join(parts)
+    return np.frombuffer(buf, np.uint8).reshape(count, self._row_bytes)
+
+  def fingerprint(self) -> str:
+    """sha256 (16 hex digits) of the array's bytes, read in chunks."""
+    h = hashlib.sha256(repr((self.shape, self.dtype.str)).encode())
+    step = max(1, (64 << 20) // max(1, self._row_bytes))
+    for start in range(0, self.shape[0], step):
+      h.update(self._pread(start, min(step, self.shape[0] - start)).data)
+    return h.hexdigest()[:16]
+
+  def __del__(self):
+    fd = getattr(self, '_fd', None)
+    if fd is not None:
+      try:
+        os.close(fd)
+      except OSError:
+        pass
+
+  def __getstate__(self):   # picklable (spawned worker processes reopen the file)
+    return {'path': self.path}
+
+  def __setstate__(self, state):
+    self.__init__(state['path'])
+
+
+class StreamedImages:
+  """A float32 ``[N, H', W', C]`` view in [-1, 1] of rows ``rows`` of a uint8 image store.
+
+  Args:
+    store: an ``NpyRows`` (or any object with ``shape``, ``dtype`` and ``read(rows)``).
+    rows: int64 row numbers of the store this split holds, in order.
+    center_crop_size, image_size: as ``config.data.center_crop`` / ``image_size``.
+    name: dataset name for messages.
+  """
+
+  dtype = np.dtype(np.float32)
+  ndim = 4
+
+  def __init__(self, store, rows: np.ndarray, center_crop_size: int = 0, image_size: int = 0,
+               name: str = 'images'):
+    if len(store.shape) != 4:
+      raise DataError(f'Dataset {name!r}: {getattr(store, "path", "the store")} holds an array '
+                      f'of shape {store.shape}; images must be [N, H, W, C].')
+    self.store = store
+    self.rows = np.asarray(rows, np.int64)
+    self.center_crop_size = int(center_crop_size)
+    self.image_size = int(image_size)
+    self.name = name
+    self.shape = (len(self.rows),) + transforms.output_shape(
+        tuple(store.shape[1:]), self.center_crop_size, self.image_size)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  @property
+  def size(self) -> int:
+    return int(np.prod(self.shape, dtype=np.int64))
+
+  @property
+  def nbytes(self) -> int:
+    return self.size * 4
+
+  def _convert(self, store_rows: np.ndarray) -> np.ndarray:
+    raw = self.store.read(store_rows)
+    if not len(raw):
+      return np.zeros((0,) + self.shape[1:], np.float32)
+    return transforms.transform_chunk(raw, self.center_crop_size, self.image_size)
+
+  def __getitem__(self, key):
+    if isinstance(key, tuple):
+      head, rest = key[0], key[1:]
+      out = self[head]
+      return out[(slice(None),) + rest] if np.ndim(out) == 4 else out[rest]
+    if isinstance(key, (int, np.integer)):
+      return self._convert(self.rows[[int(key)]])[0]
+    if isinstance(key, slice):
+      return self._convert(self.rows[key])
+    key = np.asarray(key)
+    if key.dtype == bool:
+      key = np.flatnonzero(key)
+    if not np.issubdtype(key.dtype, np.integer):
+      raise IndexError(f'StreamedImages index must be int, slice or int/bool array; got '
+                       f'{key.dtype}')
+    return self._convert(self.rows[key.reshape(-1)]).reshape(key.shape + self.shape[1:])
+
+  def subset(self, key) -> "StreamedImages":
+    """A view of some of the rows (a slice or an index array), still streamed."""
+    return StreamedImages(self.store, self.rows[key], self.center_crop_size, self.image_size,
+                          self.name)
+
+  def chunks(self, rows: int = _CHUNK_ROWS):
+    """Consecutive float32 chunks of at most ``rows`` rows, in order."""
+    for start in range(0, len(self), rows):
+      yield self[start:start + rows]
+
+  def __array__(self, dtype=None, copy=None):
+    out = np.empty(self.shape, np.float32)
+    for i, chunk in enumerate(self.chunks()):
+      out[i * _CHUNK_ROWS:i * _CHUNK_ROWS + len(chunk)] = chunk
+    return out if dtype is None else out.astype(dtype)
+
+  def mean(self, axis=None, keepdims: bool = False, dtype=None):
+    """Mean over rows (``axis=0``) or over everything (``axis=None``), in float64 chunks."""
+    if axis not in (0, None):
+      raise ValueError('StreamedImages.mean supports axis=0 or axis=None')
+    total = np.zeros(self.shape[1:], np.float64)
+    for chunk in self.chunks():
+      total += chunk.sum(axis=0, dtype=np.float64)
+    mean = total / max(1, len(self))
+    if axis is None:
+      mean = mean.mean()
+      return np.asarray(mean, dtype or np.float32).reshape((1,) * 4) if keepdims else (
+          np.asarray(mean, dtype or np.float32))
+    mean = mean.astype(dtype or np.float32)
+    return mean[None] if keepdims else mean
+
+  def fingerprint(self) -> str:
+    """What identifies this view: the store's content, the rows and the transform."""
+    base = (self.store.fingerprint() if hasattr(self.store, 'fingerprint')
+            else repr(self.store.shape))
+    h = hashlib.sha256(base.encode())
+    h.update(self.rows.tobytes())
+    h.update(repr((self.center_crop_size, self.image_size)).encode())
+    return h.hexdigest()[:16]
+
+  def __repr__(self) -> str:
+    return (f'StreamedImages({getattr(self.store, "path", "store")}, shape={self.shape}, '
+            f'crop={self.center_crop_size}, size={self.image_size})')
+
+
+def head(x, n: int):
+  """The first ``n`` rows of ``x``: a slice of an in-memory array, or a still-streamed view of
+  a ``StreamedImages`` (so a later batched pass converts one batch at a time)."""
+  return x.subset(slice(0, n)) if isinstance(x, StreamedImages) else x[:n]
