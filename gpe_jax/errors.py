@@ -49,6 +49,10 @@ class WorkdirWriteError(UserError, OSError):
   """The workdir cannot be written: read-only, no permission, or the disk is full."""
 
 
+class DistributedError(UserError, RuntimeError):
+  """The processes of a multi-process run could not join (a missing peer, a busy port)."""
+
+
 class Interrupted(UserError, KeyboardInterrupt):
   """Ctrl-C or SIGTERM stopped a run; rerunning the same command resumes it.
 

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
-from gpe_jax.errors import ConfigError, UserError  # noqa: F401  (ConfigError re-exported)
+from gpe_jax.errors import ConfigError, DistributedError, UserError  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------- multi-process start
@@ -52,10 +52,6 @@ DEFAULT_HEARTBEAT_TIMEOUT = 100  # s; jax's default
 EXIT_PEER_LOST = 1
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):([0-9]{1,5})$")
 _LOCAL_HOSTS = ("127.0.0.1", "localhost")
-
-
-class DistributedError(UserError, RuntimeError):
-  """The processes of a multi-process run could not join (a missing peer, a busy port)."""
 
 
 @dataclasses.dataclass(frozen=True)

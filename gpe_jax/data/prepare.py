@@ -29,9 +29,7 @@ import numpy as np
 
 from gpe_jax.data import sources, transforms
 from gpe_jax.data.core import DataError
-
-META = 'prepared.json'
-FORMAT = 1
+from gpe_jax.data.stream import FORMAT, META, read_meta  # noqa: F401  (the folder format)
 
 
 class NpyWriter:
@@ -198,15 +196,6 @@ def prepare_tfds(out_dir: str, tfds_name: str, data_dir: str = '') -> dict:
     counts[split] = int(n)
   return write_meta(out_dir, name, f'tfds:{tfds_name}@{data_dir}', counts, shape,
                     label_key is not None)
-
-
-def read_meta(path: str) -> dict | None:
-  """``prepared.json`` of a prepared folder, or None if ``path`` is not one."""
-  try:
-    with open(os.path.join(path, META)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def _parser() -> argparse.ArgumentParser:

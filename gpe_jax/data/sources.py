@@ -715,19 +715,19 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
 def load_prepared(cfg, name: str) -> Dataset:
   """A folder written by ``python -m gpe_jax.data.prepare``, streamed: nothing but the labels
   is loaded; each batch's rows are read and converted (crop, scale, resize) when asked for."""
-  from gpe_jax.data import prepare, stream  # pylint: disable=import-outside-toplevel
+  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   path = os.path.abspath(os.path.expanduser(cfg.path)) if cfg.path else ''
-  meta = prepare.read_meta(path) if path else None
+  meta = stream.read_meta(path) if path else None
   if meta is None:
     raise DataError(
         f'Dataset {name!r}: the prepared source reads --config.data.path, which '
-        f'{"is not set" if not path else f"points to {path}, which holds no {prepare.META}"}. '
+        f'{"is not set" if not path else f"points to {path}, which holds no {stream.META}"}. '
         'Prepare a folder first, e.g. `python -m gpe_jax.data.prepare --out=DIR image_folder '
         'IMAGES` (see `python -m gpe_jax.data.prepare --help`), and pass '
         '--config.data.path=DIR.')
-  if meta.get('format') != prepare.FORMAT:
+  if meta.get('format') != stream.FORMAT:
     raise DataError(f'Dataset {name!r}: {path} was prepared in format {meta.get("format")}, '
-                    f'this version reads format {prepare.FORMAT}; prepare it again.')
+                    f'this version reads format {stream.FORMAT}; prepare it again.')
   train_store = stream.NpyRows(os.path.join(path, 'train_images.npy'))
   test_file = os.path.join(path, 'test_images.npy')
   has_test = os.path.exists(test_file)

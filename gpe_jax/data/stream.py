@@ -18,12 +18,17 @@ whole-split statistics the stages need (``mean``) are computed in chunks.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
 
 from gpe_jax.data import transforms
 from gpe_jax.data.core import DataError
+
+# A prepared folder (written by ``gpe_jax.data.prepare``): its record, written last, and format.
+META = 'prepared.json'
+FORMAT = 1
 
 # Rows converted per chunk by whole-split passes (``mean``, ``__array__``, ``fingerprint``).
 _CHUNK_ROWS = 256
@@ -231,3 +236,12 @@ def head(x, n: int):
   """The first ``n`` rows of ``x``: a slice of an in-memory array, or a still-streamed view of
   a ``StreamedImages`` (so a later batched pass converts one batch at a time)."""
   return x.subset(slice(0, n)) if isinstance(x, StreamedImages) else x[:n]
+
+
+def read_meta(path: str) -> dict | None:
+  """``prepared.json`` of a prepared folder, or None if ``path`` is not one."""
+  try:
+    with open(os.path.join(path, META)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
