@@ -30,6 +30,8 @@ def run(config, workdir: str) -> None:
   with logs.workdir_lock(workdir, what="python -m gpe_jax.main"):
     from gpe_jax import pipeline  # here: a bad command line or a busy workdir fail at once
     summary = pipeline.run(config, workdir)
+  if not logs.is_main_process():   # one summary per run, from process 0
+    return
   for stage, values in summary.items():
     print(headline(stage, values))
   print(f"outputs in {workdir}")

@@ -54,7 +54,7 @@ import numpy as np
 from matplotlib import pyplot as plt
 from scipy import stats as sps
 
-from gpe_jax import autoencoders, costs, models, plots
+from gpe_jax import autoencoders, costs, logs, models, plots
 from gpe_jax.data import load_dataset
 from gpe_jax.experiments import common, gan_ablation
 from gpe_jax.stages import common as stage_common
@@ -172,8 +172,9 @@ def run(config, workdir: str) -> common.Report:
         raw[v][k].append(norms[k])
   pooled = {v: {k: np.concatenate(r[k]) if r[k] else np.zeros(0) for k in r}
             for v, r in raw.items()}
-  np.savez(os.path.join(workdir, "critic_grad.npz"),
-           **{f"{v}_{k}": a for v, r in pooled.items() for k, a in r.items()})
+  if logs.is_main_process():
+    np.savez(os.path.join(workdir, "critic_grad.npz"),
+             **{f"{v}_{k}": a for v, r in pooled.items() for k, a in r.items()})
   result = analyse(per_run, failed)
   histogram(workdir, pooled)
   return report(config, per_run, result, seeds)
