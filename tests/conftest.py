@@ -59,19 +59,3 @@ def run_cli(*args, timeout=300, env=None):
 @pytest.fixture
 def cli():
   return run_cli
-
-
-# The slowest files first (measured on 2 cores): with `--dist loadfile` the workers take whole
-# files in collection order, so a long file collected last (alphabetically) would run alone at
-# the end while the other worker idles. The order inside each file is kept.
-_SLOWEST_FIRST = (
-    "test_cli.py", "test_notebooks.py", "test_gans_cli.py", "test_celeba_smoke.py",
-    "test_baselines.py", "test_experiments_gans.py", "test_gans.py", "test_multihost.py",
-    "test_models_and_sharding.py", "test_cli_errors.py", "test_probes.py",
-    "test_experiments_table1_fig4.py", "test_workdir.py", "test_experiments_fig8_fig9.py",
-    "test_prior.py", "test_precision.py", "test_stream.py", "test_experiments_fig3_table2.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-  rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))

@@ -15,8 +15,6 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import FAST_COMPILE
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 INSTALL_URL = "https://github.com/gpe-jax/gpe_jax.git"
@@ -55,10 +53,8 @@ def kernel_env(tmp_path, monkeypatch):
                     overrides={"display_name": "Python 3 (gpe_jax tests)"})
   monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
       p for p in (data_dir, os.environ.get("JUPYTER_PATH", "")) if p))
-  # one device, and the optimising compiler: the notebooks compute more than they compile
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")
-           and f not in FAST_COMPILE.split()]
+           if not f.startswith("--xla_force_host_platform_device_count")]
   monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))
