@@ -109,8 +109,8 @@ def synthetic_chunks(num: int, shape: tuple[int, int, int], seed: int = 0, chunk
     n = min(chunk, num - start)
     rng = np.random.default_rng([seed, start])
     coarse = rng.uniform(-1, 1, (n, 8, 8, c)).astype(np.float32)
-    img = transforms.resize(transforms.resize(coarse, max(h, w))[:, :h, :w], max(h, w))
-    img = img[:, :h, :w] + rng.normal(0, 0.05, (n, h, w, c)).astype(np.float32)
+    img = transforms.resize(coarse, max(h, w))[:, :h, :w]
+    img = img + rng.normal(0, 0.05, (n, h, w, c)).astype(np.float32)
     yield _as_uint8(np.clip(img, -1, 1))
 
 

@@ -160,10 +160,6 @@ class StreamedImages:
   def size(self) -> int:
     return int(np.prod(self.shape, dtype=np.int64))
 
-  @property
-  def nbytes(self) -> int:
-    return self.size * 4
-
   def _convert(self, store_rows: np.ndarray) -> np.ndarray:
     raw = self.store.read(store_rows)
     if not len(raw):
@@ -203,19 +199,15 @@ class StreamedImages:
       out[i * _CHUNK_ROWS:i * _CHUNK_ROWS + len(chunk)] = chunk
     return out if dtype is None else out.astype(dtype)
 
-  def mean(self, axis=None, keepdims: bool = False, dtype=None):
-    """Mean over rows (``axis=0``) or over everything (``axis=None``), in float64 chunks."""
-    if axis not in (0, None):
-      raise ValueError('StreamedImages.mean supports axis=0 or axis=None')
+  def mean(self, axis=0, keepdims: bool = False):
+    """Mean over rows (``axis=0``, the only axis the stages average over), in float64 chunks,
+    returned as float32."""
+    if axis != 0:
+      raise ValueError('StreamedImages.mean supports axis=0 only')
     total = np.zeros(self.shape[1:], np.float64)
     for chunk in self.chunks():
       total += chunk.sum(axis=0, dtype=np.float64)
-    mean = total / max(1, len(self))
-    if axis is None:
-      mean = mean.mean()
-      return np.asarray(mean, dtype or np.float32).reshape((1,) * 4) if keepdims else (
-          np.asarray(mean, dtype or np.float32))
-    mean = mean.astype(dtype or np.float32)
+    mean = (total / max(1, len(self))).astype(np.float32)
     return mean[None] if keepdims else mean
 
   def fingerprint(self) -> str:

@@ -159,6 +159,16 @@ def machine() -> str:
           f"Python {platform.python_version()}, jax {jax.__version__}")
 
 
+def num(v, digits: int = 3) -> str:
+  """A number for a report table: ``digits`` significant digits, '—' for a missing value."""
+  return "—" if v is None else f"{v:.{digits}g}"
+
+
+def yes_no(v) -> str:
+  """A verdict for a report table: 'yes' / 'no', 'n/a' when it could not be judged."""
+  return "n/a" if v is None else ("yes" if v else "no")
+
+
 def markdown_table(header: list, rows: list) -> str:
   def fmt(v):
     if isinstance(v, float):

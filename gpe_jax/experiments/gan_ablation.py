@@ -267,8 +267,7 @@ def figure(workdir: str, per_run: dict, result: dict) -> str:
   return plots._save(fig, os.path.join(workdir, "ablation.png"))  # pylint: disable=protected-access
 
 
-def _f(v, digits: int = 3) -> str:
-  return "—" if v is None else f"{v:.{digits}g}"
+_f = common.num
 
 
 def _detail(j: dict) -> str:

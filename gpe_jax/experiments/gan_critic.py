@@ -261,12 +261,7 @@ def histogram(workdir: str, pooled: dict) -> str:
   return plots._save(fig, path)  # pylint: disable=protected-access
 
 
-def _f(v, digits: int = 3) -> str:
-  return "—" if v is None else f"{v:.{digits}g}"
-
-
-def _yes(v) -> str:
-  return "n/a" if v is None else ("yes" if v else "no")
+_f, _yes = common.num, common.yes_no   # report formatting
 
 
 def report(config, per_run: dict, result: dict, seeds) -> common.Report:

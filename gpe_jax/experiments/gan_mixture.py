@@ -217,8 +217,7 @@ def coverage_figure(workdir: str, results: dict, methods) -> None:
   plots._save(fig, os.path.join(workdir, "coverage.png"))  # pylint: disable=protected-access
 
 
-def _fmt(v, digits=3) -> str:
-  return "—" if v is None else f"{v:.{digits}g}"
+_fmt = common.num
 
 
 def tables(results: dict, methods) -> tuple[list, dict]:

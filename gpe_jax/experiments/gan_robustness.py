@@ -243,12 +243,7 @@ def box_plots(workdir: str, results: dict, methods) -> str:
   return plots._save(fig, path)  # pylint: disable=protected-access
 
 
-def _f(v, digits: int = 3) -> str:
-  return "—" if v is None else f"{v:.{digits}g}"
-
-
-def _yes(v) -> str:
-  return "n/a" if v is None else ("yes" if v else "no")
+_f, _yes = common.num, common.yes_no   # report formatting
 
 
 def report_tables(results: dict, methods, names) -> list:
