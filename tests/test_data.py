@@ -371,6 +371,17 @@ def test_missing_mnist_names_the_path(tmp_path):
   assert str(tmp_path) in str(e.value) and 'mnist' in str(e.value)
 
 
+def test_mnist_files_are_found_under_gpe_jax_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv('GPE_JAX_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(DataError, match=str(tmp_path / 'cache' / 'mnist')):
+    load_dataset(default_data_config(name='mnist', tfds_data_dir=str(tmp_path / 'tfds')))
+  arrays = _write_idx_dir(tmp_path / 'cache' / 'mnist', n_train=5, n_test=2)
+  ds = load_dataset(default_data_config(name='mnist', tfds_data_dir=str(tmp_path / 'tfds')))
+  assert ds.source == f"idx:{tmp_path / 'cache' / 'mnist'}" and ds.x_train.shape == (5, 28, 28, 1)
+  np.testing.assert_array_equal(ds.y_test, arrays['t10k-labels-idx1-ubyte'].astype(np.int32))
+
+
 def test_missing_cifar10_fails_fast_without_download(tmp_path):
   start = time.time()
   with pytest.raises(DataError) as e:

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from gpe_jax.data import sources, transforms
+from gpe_jax.data import sources, stream, transforms
 from gpe_jax.data.core import DataError
 from gpe_jax.data.stream import FORMAT, META, read_meta  # noqa: F401  (the folder format)
 
@@ -133,12 +133,19 @@ def prepare_image_folder(out_dir: str, path: str, image_size: int = 0,
   files = sources.list_images(path)
   if not files:
     raise DataError(f'No .png/.jpg/.jpeg images found under {path} (searched recursively).')
-  gray = all(sources.image_mode(f, 'image_folder') in sources.GRAY_MODES for f in files)
-  chunks = sources.read_folder_chunks(files, 'L' if gray else 'RGB', 'image_folder')
-  if image_size or center_crop:
-    chunks = (_as_uint8(transforms.transform_chunk(c, center_crop, image_size)) for c in chunks)
+  store = stream.FolderRows(files, 'image_folder', gray_modes=sources.GRAY_MODES)
+  step = 256
+
+  def chunks():
+    for start in range(0, len(files), step):
+      rows = np.arange(start, min(len(files), start + step))
+      if image_size or center_crop:
+        yield _as_uint8(store.convert(rows, center_crop, image_size))
+      else:
+        yield store.read(rows)
+
   os.makedirs(out_dir, exist_ok=True)
-  shape = write_split(out_dir, 'train', chunks, len(files))
+  shape = write_split(out_dir, 'train', chunks(), len(files))
   return write_meta(out_dir, 'image_folder', f'image_folder:{path}', {'train': len(files)},
                     shape, False)
 

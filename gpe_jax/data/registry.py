@@ -52,7 +52,7 @@ ALLOWED_SOURCES = {
 }
 
 _FIELDS = ('name', 'path', 'source', 'image_size', 'center_crop', 'num_held_out', 'max_train',
-           'max_test', 'split_seed', 'tfds_data_dir', 'mixture', 'batch_size', 'workers', 'prefetch')
+           'max_test', 'split_seed', 'tfds_data_dir', 'mixture', 'batch_size', 'workers', 'prefetch', 'storage')
 _MIXTURE_FIELDS = ('num_components', 'dim', 'num_train', 'num_test', 'radius', 'std_major',
                    'std_minor', 'seed', 'layout', 'shift')
 
@@ -71,7 +71,8 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
       source: one of ``SOURCES``; 'auto' picks per name (module docstring).
       image_size: 0 = native size, else square output size.
       center_crop: 0 = none, -1 = largest centred square, N > 0 = centred N x N (before resize).
-      num_held_out: held-out size for sources without a test split.
+      num_held_out: held-out size for sources without a test split; -1 = sized to the data
+        (10%, at most 10,000, at least one batch).
       max_train, max_test: keep at most this many examples per split (0 = all).
       split_seed: seed of the held-out split.
       tfds_data_dir: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
@@ -79,6 +80,11 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
       workers: host threads that read and convert the next training batches (0 = none: each
         batch is read when its step starts). Changes no number.
       prefetch: training batches placed on the devices ahead of the step that uses them.
+      storage: 'auto' | 'memory' | 'stream'. 'stream' keeps image sources in their compact
+        storage (uint8 IDX/npz/.npy read in place, image files decoded when their batch is
+        read, tfds records) and converts each batch's rows; 'memory' converts everything to
+        float32 in host memory once (refused when it would not fit); 'auto' streams when the
+        float32 form would exceed 1 GiB. Changes no number.
       mixture: synthetic mixture (``sources.make_mixture``):
         num_components: K equal-weight Gaussians (labels 0..K-1).
         dim: ambient dimension (>= 2).
@@ -107,6 +113,7 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
   cfg.batch_size = 100
   cfg.workers = 2
   cfg.prefetch = 2
+  cfg.storage = 'auto'
   cfg.mixture = ml_collections.ConfigDict()
   cfg.mixture.num_components = 6
   cfg.mixture.dim = 500
@@ -149,15 +156,23 @@ def _check_config(cfg):
     raise DataError(f'Dataset {cfg.name!r} cannot be read from source {cfg.source!r}; use '
                     f'--config.data.source=auto or one of '
                     f'{", ".join(ALLOWED_SOURCES[cfg.name])}.')
-  bad = [f'{f}={cfg[f]}' for f in ('image_size', 'num_held_out', 'max_train', 'max_test',
-                                   'split_seed', 'workers') if cfg[f] < 0]
+  if cfg.storage not in sources.STORAGES:
+    raise DataError(f'Unknown --config.data.storage={cfg.storage!r}; use one of '
+                    f'{", ".join(sources.STORAGES)} (auto: stream image data whose float32 '
+                    'form would exceed 1 GiB; memory: hold it as float32; stream: convert per '
+                    'batch).')
+  bad = [f'{f}={cfg[f]}' for f in ('image_size', 'max_train', 'max_test', 'split_seed',
+                                   'workers') if cfg[f] < 0]
+  if cfg.num_held_out < -1:
+    bad.append(f'num_held_out={cfg.num_held_out}')
   if cfg.prefetch < 1:
     bad.append(f'prefetch={cfg.prefetch} (must be >= 1)')
   if cfg.center_crop < -1:
     bad.append(f'center_crop={cfg.center_crop}')
   if bad:
     raise DataError(f'Dataset {cfg.name!r}: invalid data config {", ".join(bad)}: sizes and '
-                    'seeds must be >= 0 (center_crop may also be -1 for the largest square).')
+                    'seeds must be >= 0 (center_crop may also be -1 for the largest square, '
+                    'num_held_out -1 for a hold-out sized to the data).')
 
 
 def resolve_source(cfg) -> str:

@@ -16,6 +16,10 @@ paragraph naming every place searched and how to get the data. Loaders decide fi
 records each split needs (held-out split from ``split_seed``, then ``max_train`` /
 ``max_test``) and only then decode, so a truncated run never decodes the whole corpus.
 
+Image sources keep their compact storage and return ``stream.StreamedImages`` views that
+convert each batch's rows, or float32 arrays when the data is small (``config.data.storage``,
+see ``wants_stream``); either way a row holds the same numbers.
+
 Every process of a multi-host run may call these loaders and get identical arrays; each
 then takes its own rows per step through ``BatchSampler``.
 """
@@ -43,17 +47,21 @@ _READ_CHUNK = 1024
 
 
 def held_out_split(num_examples: int, num_held_out: int, split_seed: int, *, name: str,
-                   max_train: int = 0, max_test: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   max_train: int = 0, max_test: int = 0,
+                   batch_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
   """Deterministic train / held-out indices for a source without a test split.
 
   ``perm = default_rng(split_seed).permutation(num_examples)``; the last ``num_held_out``
-  entries are held out, the rest train. ``max_train`` / ``max_test`` then keep the first
+  entries are held out, the rest train. ``num_held_out=-1`` sizes the hold-out to the data:
+  ``auto_held_out(num_examples, batch_size)``. ``max_train`` / ``max_test`` then keep the first
   entries of each part (a seeded random subset), and each part is sorted so records are
   read in storage order.
 
   Returns:
     int64 ``[n_train]`` and ``[n_test]`` sorted index arrays.
   """
+  if num_held_out == -1:
+    num_held_out = auto_held_out(num_examples, batch_size)
   if not 0 < num_held_out < num_examples:
     raise DataError(
         f'Dataset {name!r} has {num_examples} examples and no separate test split, so '
@@ -62,6 +70,12 @@ def held_out_split(num_examples: int, num_held_out: int, split_seed: int, *, nam
   perm = np.random.default_rng(split_seed).permutation(num_examples)
   train, test = perm[:num_examples - num_held_out], perm[num_examples - num_held_out:]
   return np.sort(_truncate(train, max_train)), np.sort(_truncate(test, max_test))
+
+
+def auto_held_out(num_examples: int, batch_size: int = 1) -> int:
+  """The hold-out of ``num_held_out=-1``: 10% of the examples, at most 10,000, but at least one
+  training batch (held-out metrics are means over batches of the training batch size)."""
+  return int(min(10_000, max(batch_size, 1, round(0.1 * num_examples))))
 
 
 def official_split(num_train: int, num_test: int, *, max_train: int = 0,
@@ -76,7 +90,8 @@ def _truncate(idx: np.ndarray, max_n: int) -> np.ndarray:
 
 def _cfg_split(cfg, name: str, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
   return held_out_split(num_examples, cfg.num_held_out, cfg.split_seed, name=name,
-                        max_train=cfg.max_train, max_test=cfg.max_test)
+                        max_train=cfg.max_train, max_test=cfg.max_test,
+                        batch_size=cfg.get('batch_size', 1))
 
 
 def _images(x: np.ndarray, cfg, name: str) -> np.ndarray:
@@ -95,6 +110,88 @@ def _home(*parts: str) -> str:
   return os.path.join(os.path.expanduser('~'), *parts)
 
 
+def cache_dir(*parts: str) -> str:
+  """``$GPE_JAX_CACHE`` if set (and non-empty), else ``~/.cache/gpe_jax``, joined with
+  ``parts``: where downloaded copies of small datasets are looked for."""
+  root = os.environ.get('GPE_JAX_CACHE', '')
+  return os.path.join(os.path.expanduser(root) if root else _home('.cache', 'gpe_jax'), *parts)
+
+
+# --------------------------------------------------------------------------------------
+# Storage: float32 in host memory, or compact storage converted per batch
+# --------------------------------------------------------------------------------------
+
+STORAGES = ('auto', 'memory', 'stream')
+# ``storage='auto'`` streams image splits whose float32 form would exceed this many bytes.
+AUTO_STREAM_BYTES = 1 << 30
+# ``storage='memory'`` refuses splits whose float32 form exceeds this share of host memory.
+MEMORY_SHARE = 0.6
+
+
+def host_memory_bytes() -> int:
+  """Physical memory of this host (0 if unknown)."""
+  try:
+    return int(os.sysconf('SC_PAGE_SIZE')) * int(os.sysconf('SC_PHYS_PAGES'))
+  except (AttributeError, OSError, ValueError):
+    return 0
+
+
+def _gib(nbytes: int) -> str:
+  return f'{nbytes / 2**30:.1f} GiB'
+
+
+def float32_bytes(rows: int, example_shape: Sequence[int]) -> int:
+  return int(rows) * int(np.prod(example_shape, dtype=np.int64)) * 4
+
+
+def check_fits_memory(nbytes: int, name: str, what: str):
+  """``DataError`` when ``nbytes`` of float32 would not fit comfortably in host memory."""
+  memory = host_memory_bytes()
+  if memory and nbytes > MEMORY_SHARE * memory:
+    raise DataError(
+        f'Dataset {name!r}: holding {what} in host memory as float32 needs {_gib(nbytes)}, '
+        f'more than {MEMORY_SHARE:.0%} of this machine\'s {_gib(memory)}. Stream it instead: '
+        'use --config.data.storage=stream (or auto), or prepare it once with `python -m '
+        'gpe_jax.data.prepare --out=DIR ...` and train with --config.data.path=DIR (uint8 on '
+        'disk, converted per batch); or reduce --config.data.max_train / image_size.')
+
+
+def wants_stream(cfg, name: str, rows: int, example_shape: Sequence[int], what: str) -> bool:
+  """Whether a source that can stream should: ``storage`` (``'auto'``: above
+  ``AUTO_STREAM_BYTES`` of float32), after checking that an in-memory load fits."""
+  storage = cfg.get('storage', 'auto')
+  nbytes = float32_bytes(rows, example_shape)
+  if storage == 'stream' or (storage == 'auto' and nbytes > AUTO_STREAM_BYTES):
+    return True
+  check_fits_memory(nbytes, name, what)
+  return False
+
+
+def require_memory(cfg, name: str, rows: int, example_shape: Sequence[int], what: str):
+  """For sources read into memory only: refuse ``storage='stream'`` and loads too large."""
+  if cfg.get('storage', 'auto') == 'stream':
+    raise DataError(
+        f'Dataset {name!r}: {what} cannot be streamed from this source, but '
+        '--config.data.storage=stream asks for it. Use --config.data.storage=auto, or prepare '
+        'the data once with `python -m gpe_jax.data.prepare --out=DIR ...` and train with '
+        '--config.data.path=DIR, which streams.')
+  check_fits_memory(float32_bytes(rows, example_shape), name, what)
+
+
+def image_splits(cfg, name: str, train_store, train_idx: np.ndarray, test_store,
+                 test_idx: np.ndarray, what: str):
+  """``(x_train, x_test)`` from two uint8 (or float) row stores: ``StreamedImages`` views
+  that convert each batch's rows when asked for, or float32 arrays converted now (chunk by
+  chunk, the same numbers) when the data is small enough to hold (see ``wants_stream``)."""
+  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+  views = [stream.StreamedImages(store, idx, cfg.center_crop, cfg.image_size, name)
+           for store, idx in ((train_store, train_idx), (test_store, test_idx))]
+  rows = len(train_idx) + len(test_idx)
+  if wants_stream(cfg, name, rows, views[0].shape[1:], what):
+    return views[0], views[1]
+  return np.asarray(views[0]), np.asarray(views[1])
+
+
 # --------------------------------------------------------------------------------------
 # scikit-learn digits
 # --------------------------------------------------------------------------------------
@@ -109,6 +206,7 @@ def load_digits(cfg, name: str = 'digits') -> Dataset:
   digits = sk_datasets.load_digits()
   x = (digits.images.astype(np.float32) / np.float32(16.0) * 2 - 1)[..., None]
   y = digits.target.astype(np.int32)
+  require_memory(cfg, name, x.shape[0], x.shape[1:], 'the bundled digits')
   train, test = _cfg_split(cfg, name, x.shape[0])
   return Dataset(name=name, x_train=_images(x[train], cfg, name),
                  x_test=_images(x[test], cfg, name), y_train=y[train], y_test=y[test],
@@ -175,11 +273,41 @@ def read_idx(path: str) -> np.ndarray:
   return parse_idx(data, what=path)
 
 
+def idx_rows(path: str):
+  """The images of an IDX file as a row store of ``[N, H, W, 1]``: read in place with
+  positional reads for a raw file, decompressed once into memory (uint8, compact) for .gz."""
+  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+  if path.endswith('.gz'):
+    return stream.ArrayRows(_images_or_raise(read_idx(path), path), path)
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(4)
+      if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_DTYPES or head[3] != 3:
+        return stream.ArrayRows(_images_or_raise(read_idx(path), path), path)
+      dims = tuple(int(d) for d in np.frombuffer(f.read(12), '>u4'))
+  except OSError as e:
+    raise DataError(f'Cannot read IDX file {path}: {e}; download it again.') from e
+  dtype = np.dtype(_IDX_DTYPES[head[2]])
+  expected = 16 + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+  if os.path.getsize(path) != expected:
+    raise DataError(f'{path} is a corrupt IDX file: the header announces shape {dims} '
+                    f'({expected} bytes) but the file has {os.path.getsize(path)} bytes; '
+                    'download it again.')
+  return stream.FileRows(path, 16, dims + (1,), dtype)
+
+
+def _images_or_raise(arr: np.ndarray, path: str) -> np.ndarray:
+  if arr.ndim != 3:
+    raise DataError(f'{path} holds an IDX array of shape {arr.shape}; images must be '
+                    '[N, H, W]. Download the file again.')
+  return arr[..., None]
+
+
 def idx_search_dirs(name: str, path: str = '') -> list[str]:
   """Directories searched for the IDX files of ``name``: ``path`` alone if it is set."""
   if path:
     return [os.path.abspath(os.path.expanduser(path))]
-  home_cache = _home('.cache', 'gpe_jax', name)
+  home_cache = cache_dir(name)
   local = os.path.abspath(os.path.join('data', name))
   if name == 'fashion_mnist':
     # Debian/Ubuntu package dataset-fashion-mnist.
@@ -212,7 +340,7 @@ def find_idx_dir(name: str, path: str = '') -> tuple[str | None, list[str]]:
 
 def idx_how_to(name: str) -> str:
   """How to obtain the IDX files of ``name`` (one sentence fragment)."""
-  cache = _home('.cache', 'gpe_jax', name)
+  cache = cache_dir(name)
   files = ', '.join(b + '.gz' for b in IDX_FILES.values())
   if name == 'fashion_mnist':
     return ('install the Debian/Ubuntu package dataset-fashion-mnist (apt-get install '
@@ -242,22 +370,23 @@ def load_idx(cfg, name: str, directory: str | None = None) -> Dataset:
     raise DataError(f'Dataset {name!r}: {directory} does not hold all four IDX files '
                     f'({", ".join(IDX_FILES.values())}, each optionally .gz). To get them, '
                     f'{idx_how_to(name)}.')
-  arrays = {key: read_idx(p) for key, p in files.items()}
+  images = {key: idx_rows(files[key]) for key in ('x_train', 'x_test')}
+  labels = {key: read_idx(files[key]) for key in ('y_train', 'y_test')}
   for split in ('train', 'test'):
-    x, y = arrays['x_' + split], arrays['y_' + split]
-    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    x, y = images['x_' + split], labels['y_' + split]
+    if len(x.shape) != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
       raise DataError(
           f'Dataset {name!r}: IDX files in {directory} have inconsistent shapes for the '
-          f'{split} split (images {x.shape}, labels {y.shape}); expected [N, H, W] images and '
-          '[N] labels. Download the files again.')
-  train, test = official_split(arrays['x_train'].shape[0], arrays['x_test'].shape[0],
+          f'{split} split (images {x.shape[:-1]}, labels {y.shape}); expected [N, H, W] images '
+          'and [N] labels. Download the files again.')
+  train, test = official_split(images['x_train'].shape[0], images['x_test'].shape[0],
                                max_train=cfg.max_train, max_test=cfg.max_test)
+  x_train, x_test = image_splits(cfg, name, images['x_train'], train, images['x_test'], test,
+                                 f'the IDX images in {directory}')
   return Dataset(
-      name=name,
-      x_train=_images(arrays['x_train'][train][..., None], cfg, name),
-      x_test=_images(arrays['x_test'][test][..., None], cfg, name),
-      y_train=arrays['y_train'][train].astype(np.int32),
-      y_test=arrays['y_test'][test].astype(np.int32),
+      name=name, x_train=x_train, x_test=x_test,
+      y_train=labels['y_train'][train].astype(np.int32),
+      y_test=labels['y_test'][test].astype(np.int32),
       source=f'idx:{directory}')
 
 
@@ -309,17 +438,20 @@ def tfds_how_to(name: str, data_dir: str) -> str:
   tfds_name = TFDS_SPECS[name][0]
   base, _, config = tfds_name.partition('/')
   build = f'tfds build {base}' + (f' --config={config}' if config else '')
-  build += ' --file_format=array_record'
+  build += ' --file_format=array_record' + (' --manual_dir=DIR' if name == 'celeb_a_hq' else '')
+  needs = ('(`tfds build` needs TensorFlow: `pip install tensorflow array_record` on that '
+           'machine; reading the result here does not)')
   copy = (f'copy the resulting folder ~/tensorflow_datasets/{base} to {data_dir}/{base}, or set '
           '--config.data.tfds_data_dir (or $TFDS_DATA_DIR) to the directory that holds it')
   folder = ('or point --config.data.path at a folder of aligned face images with '
             '--config.data.source=image_folder')
   if name == 'celeb_a':
-    return f'prepare it with `{build}` on a machine with internet access and {copy}, {folder}'
+    return (f'prepare it with `{build}` {needs} on a machine with internet access and {copy}, '
+            f'{folder}')
   if name == 'celeb_a_hq':
     return (f'download CelebA-HQ manually as the tfds celeb_a_hq instructions describe, '
-            f'prepare it with `{build} --manual_dir=DIR` and {copy}, {folder}')
-  return f'prepare it with `{build}` on a machine with internet access and {copy}'
+            f'prepare it with `{build}` {needs} and {copy}, {folder}')
+  return f'prepare it with `{build}` {needs} on a machine with internet access and {copy}'
 
 
 def tfds_missing_message(name: str, data_dir: str) -> str:
@@ -414,10 +546,6 @@ def _read_tfds_tensorflow(builder, split: str, indices: np.ndarray, label_key: s
     yield from _stack_same_shape(batch)
 
 
-# Stream unlabelled fixed-size array_record datasets instead of loading them (tests switch it).
-STREAM_TFDS = True
-
-
 def _tfds_image_shape(builder) -> tuple[int, int, int] | None:
   """The fixed ``(H, W, C)`` of the dataset's ``image`` feature, or None if it varies."""
   try:
@@ -467,8 +595,9 @@ def load_tfds(cfg, name: str) -> Dataset:
   (``DataError`` at once if absent). array_record copies are read with
   ``builder.as_data_source`` (no TensorFlow needed); other formats need TensorFlow.
   Only the records the splits keep (after ``max_train`` / ``max_test``) are decoded.
-  Unlabelled array_record copies with fixed-size images (CelebA, CelebA-HQ) are streamed
-  (``TfdsRows``): a batch's records are decoded when its step asks for them.
+  Unlabelled array_record copies with fixed-size images (CelebA, CelebA-HQ) can be streamed
+  (``TfdsRows``: a batch's records are decoded when its step asks for them; see
+  ``wants_stream``); the others are loaded into memory.
   """
   if name not in TFDS_SPECS:
     raise DataError(f'Dataset {name!r} has no tensorflow-datasets source; datasets with one: '
@@ -509,18 +638,24 @@ def load_tfds(cfg, name: str) -> Dataset:
     read = [(train_split, train_idx), (test_split, test_idx)]
 
   shape = _tfds_image_shape(builder)
-  if STREAM_TFDS and reader is _read_tfds_array_record and label_key is None and shape:
-    # Unlabelled, fixed-size images in array_record (CelebA, CelebA-HQ): streamed, each batch's
-    # records decoded when its step asks for them; nothing is loaded here.
-    from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
-    xs = []
+  rows = len(train_idx) + len(test_idx)
+  what = f'the images of {version_dir}'
+  out_shape = (transforms.output_shape(shape, cfg.center_crop, cfg.image_size) if shape
+               else None)
+  if reader is _read_tfds_array_record and label_key is None and shape:
+    # Unlabelled, fixed-size images in array_record (CelebA, CelebA-HQ) can be streamed: each
+    # batch's records are decoded when its step asks for them.
     for split, idx in read:
       if not len(idx):
         raise DataError(f'Dataset {name!r}: split {split!r} of {version_dir} is empty.')
-      store = TfdsRows(builder, split, shape, name)
-      xs.append(stream.StreamedImages(store, idx, cfg.center_crop, cfg.image_size, name))
-    return Dataset(name=name, x_train=xs[0], x_test=xs[1], y_train=None, y_test=None,
-                   source=f'tfds:{tfds_name}@{data_dir}')
+    if wants_stream(cfg, name, rows, out_shape, what):
+      from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+      xs = [stream.StreamedImages(TfdsRows(builder, split, shape, name), idx, cfg.center_crop,
+                                  cfg.image_size, name) for split, idx in read]
+      return Dataset(name=name, x_train=xs[0], x_test=xs[1], y_train=None, y_test=None,
+                     source=f'tfds:{tfds_name}@{data_dir}')
+  elif cfg.get('storage', 'auto') == 'stream' or out_shape:
+    require_memory(cfg, name, rows, out_shape or (), what)
 
   xs, ys = [], []
   for split, idx in read:
@@ -540,28 +675,70 @@ def load_tfds(cfg, name: str) -> Dataset:
 # --------------------------------------------------------------------------------------
 
 
-def _npz_examples(x: np.ndarray, key: str, path: str, name: str) -> np.ndarray:
-  """Validate one npz array; add a channel axis to ``[N, H, W]`` images."""
-  if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+def _npz_examples(store, key: str, path: str, name: str):
+  """Validate one npz member (a row store); give ``[N, H, W]`` images a channel axis.
+
+  Returns:
+    A row store of ``[N, H, W, C]`` images, or an in-memory ``[N, D]`` array of vectors.
+  """
+  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+  dtype, shape = store.dtype, tuple(store.shape)
+  if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
     raise DataError(
-        f'Dataset {name!r}: {key} in {path} has dtype {x.dtype}; store uint8 pixels (0..255) '
+        f'Dataset {name!r}: {key} in {path} has dtype {dtype}; store uint8 pixels (0..255) '
         'or floats already scaled to [-1, 1].')
-  if np.issubdtype(x.dtype, np.floating) and x.size:
-    lo, hi = float(np.min(x)), float(np.max(x))
+  if np.issubdtype(dtype, np.floating) and shape[0]:
+    lo, hi = np.inf, -np.inf
+    step = max(1, (16 << 20) // max(1, int(np.prod(shape[1:])) * dtype.itemsize))
+    for start in range(0, shape[0], step):
+      part = store.read(np.arange(start, min(shape[0], start + step)))
+      lo, hi = min(lo, float(np.min(part))), max(hi, float(np.max(part)))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1.001 or hi > 1.001:
       raise DataError(
           f'Dataset {name!r}: float array {key} in {path} has values in [{lo:g}, {hi:g}], but '
           'float data must already lie in [-1, 1]; rescale it (e.g. x / 127.5 - 1 for 0..255 '
           'pixels) or store uint8 pixels, which are scaled automatically.')
-  if x.ndim == 3:
-    x = x[..., None]
-  if x.ndim == 4 and x.shape[-1] not in (1, 2, 3, 4) and x.shape[1] in (1, 3):
-    raise DataError(f'Dataset {name!r}: {key} in {path} has shape {x.shape}, which looks like '
+  if len(shape) == 3:
+    store = stream.with_channel_axis(store)
+    shape = tuple(store.shape)
+  if len(shape) == 4 and shape[-1] not in (1, 2, 3, 4) and shape[1] in (1, 3):
+    raise DataError(f'Dataset {name!r}: {key} in {path} has shape {shape}, which looks like '
                     'NCHW; store images channels-last as [N, H, W, C].')
-  if x.ndim not in (2, 4):
-    raise DataError(f'Dataset {name!r}: {key} in {path} has shape {x.shape}; expected [N, D] '
+  if len(shape) not in (2, 4):
+    raise DataError(f'Dataset {name!r}: {key} in {path} has shape {shape}; expected [N, D] '
                     'vectors, [N, H, W] or [N, H, W, C] images.')
-  return x
+  if len(shape) == 2:
+    return store.read(np.arange(shape[0]))
+  return store
+
+
+def _npz_members(path: str, name: str) -> dict:
+  """``{key: row store}`` for the arrays of a ``.npz``: members stored uncompressed
+  (``np.savez``) are read in place with positional reads, compressed ones
+  (``np.savez_compressed``) are decompressed once into memory in their own dtype."""
+  import zipfile  # pylint: disable=import-outside-toplevel
+  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+  members = {}
+  with zipfile.ZipFile(path) as zf, open(path, 'rb') as raw:
+    for info in zf.infolist():
+      if not info.filename.endswith('.npy'):
+        continue
+      key = info.filename[:-4]
+      if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+        if local[:4] != b'PK\x03\x04':
+          raise ValueError(f'bad local header for member {info.filename}')
+        start = (info.header_offset + 30 + int.from_bytes(local[26:28], 'little')
+                 + int.from_bytes(local[28:30], 'little'))
+        raw.seek(start)
+        shape, dtype = stream.npy_header(raw, f'{path}:{key}')
+        members[key] = stream.FileRows(path, raw.tell(), shape, dtype)
+      else:
+        with zf.open(info) as f:
+          members[key] = stream.ArrayRows(np.lib.format.read_array(f, allow_pickle=False),
+                                          f'{path}:{key}')
+  return members
 
 
 def _npz_labels(y: np.ndarray | None, key: str, n: int, path: str, name: str):
@@ -588,38 +765,45 @@ def load_npz(cfg, name: str = 'npz') -> Dataset:
         'to a .npz file holding x_train ([N, H, W(, C)] uint8/float images or [N, D] vectors) '
         'and optionally x_test, y_train, y_test.')
   try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+    members = _npz_members(path, name)
+  except DataError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f'Dataset {name!r}: cannot read {path} as a .npz file ({e}).') from e
-  if 'x_train' not in arrays:
+  if 'x_train' not in members:
     raise DataError(f'Dataset {name!r}: {path} has no x_train array (it holds '
-                    f'{", ".join(sorted(arrays)) or "nothing"}); save the training examples '
+                    f'{", ".join(sorted(members)) or "nothing"}); save the training examples '
                     'under the key x_train.')
-  x_train = _npz_examples(arrays['x_train'], 'x_train', path, name)
-  y_train = _npz_labels(arrays.get('y_train'), 'y_train', x_train.shape[0], path, name)
-  if 'x_test' in arrays:
-    x_test = _npz_examples(arrays['x_test'], 'x_test', path, name)
-    y_test = _npz_labels(arrays.get('y_test'), 'y_test', x_test.shape[0], path, name)
+
+  def labels(key):
+    return None if key not in members else members[key].read(np.arange(len(members[key])))
+
+  x_train = _npz_examples(members['x_train'], 'x_train', path, name)
+  y_train = _npz_labels(labels('y_train'), 'y_train', x_train.shape[0], path, name)
+  if 'x_test' in members:
+    x_test = _npz_examples(members['x_test'], 'x_test', path, name)
+    y_test = _npz_labels(labels('y_test'), 'y_test', x_test.shape[0], path, name)
     if (y_train is None) != (y_test is None):
       raise DataError(f'Dataset {name!r}: {path} has labels for only one split; store both '
                       'y_train and y_test, or neither.')
     train, test = official_split(x_train.shape[0], x_test.shape[0], max_train=cfg.max_train,
                                  max_test=cfg.max_test)
   else:
-    if 'y_test' in arrays:
+    if 'y_test' in members:
       raise DataError(f'Dataset {name!r}: {path} has y_test but no x_test.')
     train, test = _cfg_split(cfg, name, x_train.shape[0])
     x_test, y_test = x_train, y_train
-  if x_train.ndim != x_test.ndim:
-    raise DataError(f'Dataset {name!r}: x_train {x_train.shape} and x_test {x_test.shape} in '
-                    f'{path} have different layouts.')
-  if x_train.ndim == 2:
+  if len(x_train.shape) != len(x_test.shape):
+    raise DataError(f'Dataset {name!r}: x_train {tuple(x_train.shape)} and x_test '
+                    f'{tuple(x_test.shape)} in {path} have different layouts.')
+  if len(x_train.shape) == 2:
     _reject_image_options(cfg, name, 'vectors')
+    require_memory(cfg, name, len(train) + len(test), x_train.shape[1:], f'the vectors in {path}')
     convert = lambda x: np.clip(transforms.to_signed_unit(x), -1.0, 1.0)
+    xs = convert(x_train[train]), convert(x_test[test])
   else:
-    convert = lambda x: _images(x, cfg, name)
-  return Dataset(name=name, x_train=convert(x_train[train]), x_test=convert(x_test[test]),
+    xs = image_splits(cfg, name, x_train, train, x_test, test, f'the images in {path}')
+  return Dataset(name=name, x_train=xs[0], x_test=xs[1],
                  y_train=None if y_train is None else y_train[train],
                  y_test=None if y_test is None else y_test[test], source=f'npz:{path}')
 
@@ -640,37 +824,7 @@ def list_images(directory: str) -> list[str]:
   return [os.path.join(directory, f) for f in sorted(found)]
 
 
-def _open_image(path: str, name: str):
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  try:
-    return Image.open(path)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f'Dataset {name!r}: cannot read image {path} ({e}); remove or replace the '
-                    'file.') from e
-
-
-def _read_folder_chunks(files: Sequence[str], mode: str, name: str) -> Iterator[np.ndarray]:
-  """Decode ``files`` (PIL, converted to ``mode``) into same-shape ``[n, H, W, C]`` chunks."""
-  for start in range(0, len(files), _READ_CHUNK // 4):
-    images = []
-    for path in files[start:start + _READ_CHUNK // 4]:
-      with _open_image(path, name) as im:
-        try:
-          arr = np.asarray(im.convert(mode))
-        except Exception as e:  # pylint: disable=broad-except
-          raise DataError(f'Dataset {name!r}: cannot decode image {path} ({e}).') from e
-      images.append(arr[..., None] if arr.ndim == 2 else arr)
-    yield from _stack_same_shape(images)
-
-
 GRAY_MODES = _GRAY_MODES
-read_folder_chunks = _read_folder_chunks
-
-
-def image_mode(path: str, name: str) -> str:
-  """The PIL mode of the image at ``path``."""
-  with _open_image(path, name) as im:
-    return im.mode
 
 
 def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
@@ -678,6 +832,8 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
 
   RGB, or single-channel if every image is greyscale; centre crop and resize per config
   (images of different sizes need ``image_size``). Held-out split of ``num_held_out``.
+  Only the headers are read here; streamed (``config.data.storage``), each image is decoded
+  when its batch is read (``stream.FolderRows``).
   """
   path = os.path.abspath(os.path.expanduser(cfg.path)) if cfg.path else ''
   if not path or not os.path.isdir(path):
@@ -689,21 +845,11 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
   if not files:
     raise DataError(f'Dataset {name!r}: no .png/.jpg/.jpeg images found under {path} '
                     '(searched recursively); point --config.data.path at a folder of images.')
-  gray = True
-  for f in files:
-    with _open_image(f, name) as im:
-      if im.mode not in _GRAY_MODES:
-        gray = False
-        break
-  mode = 'L' if gray else 'RGB'
+  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
+  store = stream.FolderRows(files, name, gray_modes=_GRAY_MODES)
   train, test = _cfg_split(cfg, name, len(files))
-
-  def load(idx):
-    chunks = _read_folder_chunks([files[i] for i in idx], mode, name)
-    return transforms.transform_chunks(chunks, len(idx), center_crop_size=cfg.center_crop,
-                                       image_size=cfg.image_size, name=name)
-
-  return Dataset(name=name, x_train=load(train), x_test=load(test), y_train=None, y_test=None,
+  x_train, x_test = image_splits(cfg, name, store, train, store, test, f'the images under {path}')
+  return Dataset(name=name, x_train=x_train, x_test=x_test, y_train=None, y_test=None,
                  source=f'image_folder:{path}')
 
 
@@ -880,6 +1026,7 @@ def make_mixture(cfg, name: str = 'mixture') -> Dataset:
   if problems:
     raise DataError(f'Dataset {name!r}: invalid --config.data.mixture settings: '
                     f'{"; ".join(problems)}.')
+  require_memory(cfg, name, m.num_train + m.num_test, (m.dim,), 'the synthetic mixture')
   centres = mixture_centres(m.num_components, m.dim, m.radius, layout=m.layout, shift=m.shift)
   x_train, y_train = sample_mixture(np.random.default_rng([m.seed, 0]), m.num_train, centres,
                                     m.std_major, m.std_minor)

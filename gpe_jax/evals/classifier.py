@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from gpe_jax.data import Dataset
+from gpe_jax.data import Dataset, sources
 from gpe_jax.models import space_to_depth
 from gpe_jax.parallel import ConfigError
 
@@ -84,10 +84,7 @@ def classifier_config() -> ml_collections.ConfigDict:
 
 def default_cache_dir() -> str:
   """``$GPE_JAX_CACHE`` if set (and non-empty), else ``~/.cache/gpe_jax``."""
-  env = os.environ.get(CACHE_ENV, '')
-  if env:
-    return os.path.expanduser(env)
-  return os.path.join(os.path.expanduser('~'), '.cache', 'gpe_jax')
+  return sources.cache_dir()
 
 
 def _group_norm(features: int) -> nn.GroupNorm:

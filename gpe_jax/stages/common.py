@@ -129,7 +129,7 @@ _ADDED_MODEL_FIELDS = {"dtype": "float32"}
 
 
 # Data fields that change where or how fast data is read, never a number: not inputs.
-_RUNTIME_DATA_FIELDS = ("tfds_data_dir", "workers", "prefetch")
+_RUNTIME_DATA_FIELDS = ("tfds_data_dir", "workers", "prefetch", "storage")
 
 
 def base_inputs(config) -> dict:
