@@ -109,7 +109,7 @@ def test_baseline_through_prior_sample_evaluate(name, tmp_path):
   summary = json.load(open(os.path.join(wd, "summary.json")))
   base = summary[name]
   assert base["steps"] == 4 and np.isfinite(base["val_recon_mse"])
-  assert np.isfinite(base["heldout_gme"]) and "weak_bilip_frac_a1.5" in base
+  assert np.isfinite(base["gme_all_pairs"]) and "weak_bilip_frac_a1.5" in base
   for f in ("latent_stats.npz", "reconstructions.png", "latent_scatter.png", "done.json"):
     assert os.path.getsize(os.path.join(wd, name, f)) > 0
   rows = [r for r in map(json.loads, open(os.path.join(wd, "metrics.jsonl"))) if "loss" in r]

@@ -94,7 +94,7 @@ def test_gan_ablation_smoke(ablation):
   for v in variants:
     run = numbers["runs"][v]["0"]
     for k in ("modes_covered", "high_quality", "kl_uniform", "min_share", "max_share",
-              "cm_identity_optimal", "heldout_gme", "weak_bilip_frac_a1.5",
+              "cm_identity_optimal", "gme_all_pairs", "weak_bilip_frac_a1.5",
               "modes_covered_min_scheduled"):
       assert finite(run[k]), (v, k, run.get(k))
     assert run["modes_covered_min_scheduled"] <= run["modes_covered"]
@@ -127,7 +127,7 @@ def test_gan_critic_smoke_reuses_the_ablation_runs(ablation, tmp_path):
     run = numbers["runs"][v]["0"]
     for k in ("grad_heldout_q05", "grad_heldout_q50", "grad_heldout_q95", "grad_heldout_mean",
               "grad_generated_q50", "seg_lip_mean", "seg_lip_rel_mean", "diff_quot_mean",
-              "heldout_gme",
+              "gme_all_pairs",
               "weak_bilip_frac_a1.5"):
       assert finite(run[k]) and run[k] >= 0, (v, k, run.get(k))
     assert run["grad_heldout_q05"] <= run["grad_heldout_q50"] <= run["grad_heldout_q95"]

@@ -31,7 +31,7 @@ def test_gan_method_through_sample_and_evaluate(name, tmp_path):
   assert manifest["decoder"]["input"] == "noise" and manifest["decoder"]["subtree"] == "G"
   assert (manifest["encoder"] is not None) == (name in gans.WITH_ENCODER)
   if name in gans.WITH_ENCODER:
-    assert np.isfinite(s["heldout_gme"]) and 0 <= s["cm_identity_optimal"] <= 1
+    assert np.isfinite(s["gme_all_pairs"]) and 0 <= s["cm_identity_optimal"] <= 1
   assert summary["sample"]["method"] == "direct" and summary["sample"]["nfe_per_sample"] == 0
   ev = summary["evaluate"]
   assert ev["protocol"]["method"] == name and np.isfinite(ev["fd_pixels_prior"])

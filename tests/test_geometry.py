@@ -24,7 +24,7 @@ def _orthogonal(dim, seed=1):
 
 
 def _expected_keys(n=N, k=10):
-  keys = {"heldout_gme", "heldout_gme_pairs", "spearman_dist", "num_points",
+  keys = {"gme_all_pairs", "gme_all_pairs_distinct", "spearman_dist", "num_points",
           f"knn_preservation_k{min(k, n - 1)}"}
   keys |= {f"ratio_q{int(100 * q):02d}" for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)}
   for a in ALPHAS:
@@ -54,8 +54,8 @@ def test_isometry_is_perfect():
   # A rotation plus a translation: every metric must read "perfect".
   z = x @ _orthogonal(D) + 5.0
   m = geometry.geometry_metrics(x, z)
-  assert m["heldout_gme"] < 1e-9
-  assert m["heldout_gme_pairs"] < 1e-9
+  assert m["gme_all_pairs"] < 1e-9
+  assert m["gme_all_pairs_distinct"] < 1e-9
   assert _fracs(m) == [1.0, 1.0, 1.0]
   for a in ALPHAS:
     assert m[f"weak_bilip_bound_a{a:g}"] == pytest.approx(1.0, abs=1e-6)
@@ -74,7 +74,7 @@ def test_collapsed_map():
   for a in ALPHAS:
     assert m[f"weak_bilip_frac_a{a:g}"] >= m[f"weak_bilip_bound_a{a:g}"] - 1e-6
     assert m[f"weak_bilip_bound_a{a:g}"] == 0.0
-  assert m["heldout_gme"] > 1.0
+  assert m["gme_all_pairs"] > 1.0
   assert m["ratio_q50"] == 0.0
   assert m["spearman_dist"] == 0.0  # constant latent distances: defined as 0
   assert 0.0 <= m["knn_preservation_k10"] <= 1.0
@@ -99,7 +99,7 @@ def test_markov_bound_holds_on_random_maps():
       assert 0.0 <= bound <= 1.0
       assert frac >= bound - 1e-6, (trial, a, frac, bound)
       assert bound == pytest.approx(
-          max(0.0, 1.0 - m["heldout_gme_pairs"] / math.log(a) ** 2), abs=1e-12)
+          max(0.0, 1.0 - m["gme_all_pairs_distinct"] / math.log(a) ** 2), abs=1e-12)
       informative += bound > 0.5
   assert informative > 0
 
@@ -117,8 +117,8 @@ def test_gme_values_and_pair_normalisation():
   x = _data()
   z = np.tanh(x[:, :8])
   m = geometry.geometry_metrics(x, z)
-  assert m["heldout_gme"] == pytest.approx(float(costs.gme_cost(x, z)), rel=1e-5)
-  assert m["heldout_gme_pairs"] == pytest.approx(m["heldout_gme"] * N / (N - 1), rel=1e-5)
+  assert m["gme_all_pairs"] == pytest.approx(float(costs.gme_cost(x, z)), rel=1e-5)
+  assert m["gme_all_pairs_distinct"] == pytest.approx(m["gme_all_pairs"] * N / (N - 1), rel=1e-5)
 
 
 def _reference(x, z, alphas, k, quantiles):
@@ -132,7 +132,7 @@ def _reference(x, z, alphas, k, quantiles):
   ld = np.log1p(dx ** 2) - np.log1p(dz ** 2)
   iu = np.triu_indices(n, 1)
   px, pz, pl = dx[iu], dz[iu], ld[iu]
-  ref = {"heldout_gme": np.mean(ld ** 2), "heldout_gme_pairs": np.mean(pl ** 2)}
+  ref = {"gme_all_pairs": np.mean(ld ** 2), "gme_all_pairs_distinct": np.mean(pl ** 2)}
   ratio = pz[px > 0] / px[px > 0]
   for q in quantiles:
     ref[f"ratio_q{int(100 * q):02d}"] = np.quantile(ratio, q)

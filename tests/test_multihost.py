@@ -195,7 +195,7 @@ def test_two_processes_match_one_process(runs):
   print(f"\nloss rel. diff: step 1 {first:.2e}, step {STEPS} {last:.2e}; val_gme max rel. "
         f"diff {worst_val:.2e}; final val_gme {s1['val_gme']!r} vs {s2['val_gme']!r}")
   assert first <= 1e-6 and last <= 5e-4 and worst_val <= 5e-4
-  for key in ("val_gme", "heldout_gme", "latent_scale"):
+  for key in ("val_gme", "gme_all_pairs", "latent_scale"):
     assert rel(s2[key], s1[key]) <= 5e-4, (key, s1[key], s2[key])
   # a fraction of the 2,016 held-out pairs: rounding may move a pair across the bound
   assert abs(s2["weak_bilip_frac_a1.5"] - s1["weak_bilip_frac_a1.5"]) <= 2 / 2016

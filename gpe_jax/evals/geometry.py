@@ -5,8 +5,10 @@ probabilistic weak bi-Lipschitz guarantee (PAPERS §1.2): by Markov's inequality
 of pairs whose log-distortion exceeds log(alpha) is at most GME / (log alpha)^2. This module
 measures both sides of that statement on held-out pairs, plus a few rank/ratio diagnostics:
 
-- ``heldout_gme`` / ``heldout_gme_pairs``: the GME cost with the paper's n^2 normalisation and
-  over distinct pairs only;
+- ``gme_all_pairs`` / ``gme_all_pairs_distinct``: the GME cost over all pairs of the geometry
+  set (``eval.geometry_points`` held-out points), with the paper's n^2 normalisation and over
+  distinct pairs only. Not the paper's held-out GME, which is ``val_gme``: the mean over
+  held-out minibatches of the training batch size;
 - ``ratio_qXX``: quantiles of |Tx - Ty| / |x - y| (an empirical Lipschitz profile);
 - ``weak_bilip_frac_a{alpha}`` / ``weak_bilip_bound_a{alpha}``: the measured fraction of
   weakly alpha-bi-Lipschitz pairs, next to the Markov lower bound implied by the GME value;
@@ -133,7 +135,7 @@ def geometry_metrics(
   """Distance-preservation metrics of an embedding on held-out points.
 
   All pairwise statistics are over the distinct pairs i < j (each unordered pair once),
-  except ``heldout_gme``, which keeps the paper's normalisation (mean over all n^2 ordered
+  except ``gme_all_pairs``, which keeps the paper's normalisation (mean over all n^2 ordered
   pairs, the zero diagonal included) so it is comparable with the stopping thresholds.
 
   Args:
@@ -145,15 +147,15 @@ def geometry_metrics(
 
   Returns:
     Dict of plain Python floats:
-      ``heldout_gme``: ``costs.gme_cost(x, z)``;
-      ``heldout_gme_pairs``: mean squared log-distortion over distinct pairs
-        (= heldout_gme * n / (n - 1));
+      ``gme_all_pairs``: ``costs.gme_cost(x, z)``;
+      ``gme_all_pairs_distinct``: mean squared log-distortion over distinct pairs
+        (= gme_all_pairs * n / (n - 1));
       ``ratio_q{int(100 q):02d}``: quantiles of |Tx - Ty| / |x - y| over pairs with
         |x - y| > 0 (NaN if there is none);
       ``weak_bilip_frac_a{alpha:g}``: fraction of pairs with
         |log(1 + |x-y|^2) - log(1 + |Tx-Ty|^2)| <= log(alpha);
       ``weak_bilip_bound_a{alpha:g}``: its Markov lower bound
-        max(0, 1 - heldout_gme_pairs / (log alpha)^2);
+        max(0, 1 - gme_all_pairs_distinct / (log alpha)^2);
       ``knn_preservation_k{k}``: mean over points of |kNN_x(i) ∩ kNN_z(i)| / k;
       ``spearman_dist``: Spearman correlation of data vs latent distances (ties get average
         ranks; 0.0 when either side is constant, e.g. a collapsed encoder);
@@ -188,8 +190,8 @@ def geometry_metrics(
 
   gme_pairs = float(out["gme_pairs"])
   metrics = {
-      "heldout_gme": float(out["gme"]),
-      "heldout_gme_pairs": gme_pairs,
+      "gme_all_pairs": float(out["gme"]),
+      "gme_all_pairs_distinct": gme_pairs,
   }
   for q, v in zip(quantiles, out["ratio_q"]):
     metrics[f"ratio_q{int(round(100 * q)):02d}"] = float(v)

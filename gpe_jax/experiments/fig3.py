@@ -44,7 +44,7 @@ def metric_keys(summary: dict) -> list[str]:
   quantiles the config asked for; see ``gpe_jax.evals.geometry.geometry_metrics``)."""
   def starting(prefix):
     return sorted(k for k in summary if k.startswith(prefix))
-  keys = ["heldout_gme", "heldout_gme_pairs"]
+  keys = ["gme_all_pairs", "gme_all_pairs_distinct"]
   keys += starting("weak_bilip_frac_a") + starting("weak_bilip_bound_a")
   keys += starting("knn_preservation_k") + ["spearman_dist"]
   keys += ["ratio_q01", "ratio_q50", "ratio_q99"]
@@ -111,9 +111,9 @@ def run(config, workdir: str) -> common.Report:
     embeddings[name] = z
     # The restored encoder must be the one the stage measured: recompute its held-out GME.
     gme = geometry.geometry_metrics(x_geo, z, alphas=tuple(config.eval.alphas),
-                                    knn_k=config.eval.knn_k)["heldout_gme"]
+                                    knn_k=config.eval.knn_k)["gme_all_pairs"]
     checks[name] = gme
-    ref = results[name].get("heldout_gme")
+    ref = results[name].get("gme_all_pairs")
     if ref is not None and not math.isclose(gme, ref, rel_tol=1e-3, abs_tol=1e-6):
       logging.warning("fig3: %s held-out GME of the restored encoder %.6g differs from its "
                       "stage summary's %.6g", name, gme, ref)
@@ -125,7 +125,7 @@ def run(config, workdir: str) -> common.Report:
     pts, how = project_2d(embeddings[name])
     r = results[name]
     _scatter(ax, pts, labels,
-             f"{LABELS[name]} ({r.get('steps')} steps)\nheld-out GME {_fmt(r.get('heldout_gme'))}"
+             f"{LABELS[name]} ({r.get('steps')} steps)\nheld-out GME {_fmt(r.get('gme_all_pairs'))}"
              f", weak 1.5-bi-Lipschitz {_fmt(r.get(a15))}")
     ax.set_xlabel(f"latent, {how}", fontsize=8)
   pts, how = project_2d(x_geo.reshape(n_geo, -1))
@@ -147,14 +147,14 @@ def run(config, workdir: str) -> common.Report:
   numbers = {name: dict({k: float(results[name][k]) for k in keys},
                         steps=int(results[name].get("steps", 0)),
                         seconds=float(results[name].get("seconds", float("nan"))),
-                        heldout_gme_restored=float(checks[name]))
+                        gme_all_pairs_restored=float(checks[name]))
              for name in VARIANTS}
   numbers["vae"]["val_recon_mse"] = float(results["vae"].get("val_recon_mse", float("nan")))
   numbers.update(num_points=n_geo, latent_dim=latent_dim, dataset=data.name,
                  data_shape=list(data.example_shape))
 
   g, v = results["gpe"], results["vae"]
-  better = "lower" if g.get("heldout_gme", math.inf) < v.get("heldout_gme", math.inf) \
+  better = "lower" if g.get("gme_all_pairs", math.inf) < v.get("gme_all_pairs", math.inf) \
       else "higher"
   proj = "" if latent_dim <= 2 else (f" The latents are {latent_dim}-D, so each panel shows "
                                      "their first two principal components.")
@@ -162,8 +162,8 @@ def run(config, workdir: str) -> common.Report:
       f"The {data.name} data ({_describe(data.example_shape)}) embedded "
       f"in {latent_dim}-D by the GPE encoder ({g.get('steps')} steps on the GME cost alone) and "
       f"by the VAE's encoder mean ({v.get('steps')} joint steps), on {n_geo} held-out points. "
-      f"The GPE encoder's held-out GME is {_fmt(g.get('heldout_gme'))} vs the VAE's "
-      f"{_fmt(v.get('heldout_gme'))} ({better} for GPE); the fraction of held-out pairs that "
+      f"The GPE encoder's held-out GME is {_fmt(g.get('gme_all_pairs'))} vs the VAE's "
+      f"{_fmt(v.get('gme_all_pairs'))} ({better} for GPE); the fraction of held-out pairs that "
       f"are weakly 1.5-bi-Lipschitz is {_fmt(g.get(a15))} vs {_fmt(v.get(a15))}; the median "
       f"ratio |Tx - Ty| / |x - y| is {_fmt(g.get('ratio_q50'))} vs {_fmt(v.get('ratio_q50'))} "
       f"and the Spearman correlation of data and latent distances {_fmt(g.get('spearman_dist'))}"
@@ -173,8 +173,8 @@ def run(config, workdir: str) -> common.Report:
       "VAE squeezes them into a Gaussian. Compare the first two panels with the third, the "
       "data's own first two principal components (for the mixture these span its first two "
       "coordinates, where the components' centres lie).",
-      "Metrics (gpe_jax/evals/geometry.py), all on the same held-out points: `heldout_gme` is "
-      "the paper's GME (mean over all n^2 ordered pairs), `heldout_gme_pairs` the mean over "
+      "Metrics (gpe_jax/evals/geometry.py), all on the same held-out points: `gme_all_pairs` is "
+      "the paper's GME (mean over all n^2 ordered pairs), `gme_all_pairs_distinct` the mean over "
       "distinct pairs; `weak_bilip_frac_aA` the fraction of pairs whose log-distortion is within "
       "log A and `weak_bilip_bound_aA` its Markov lower bound from the GME; "
       "`knn_preservation_kK` the mean overlap of the K nearest neighbours in data and latent "

@@ -23,7 +23,7 @@ What is compared depends on the data, detected from the summaries:
   * images with the classifier extractor: ``fd_classifier_prior`` and ``class_rel_std_prior``
     (primary), as in the paper's Fig. 8 (FID there);
   * for every data: c-cyclical monotonicity (``cm_identity_optimal``) and the encoder's
-    geometry (``heldout_gme``, weak bi-Lipschitz fractions).
+    geometry (``gme_all_pairs``, weak bi-Lipschitz fractions).
 Judgement ("does the regulariser matter?"), per removed term and primary measure: the
 difference of the means over seeds from full GMEGAN, oriented so that positive is worse, is
 called worse (better) when it exceeds twice its standard error (Welch, from the seeds' std;
@@ -77,7 +77,7 @@ MIXTURE_OTHER = (("min_share", True),
 IMAGE_PRIMARY = (("fd_classifier_prior", False), ("class_rel_std_prior", False))
 IMAGE_OTHER = (("fd_pixels_prior", False), ("precision_classifier_prior", True),
                ("recall_classifier_prior", True))
-COMMON = (("cm_identity_optimal", True), ("heldout_gme", False),
+COMMON = (("cm_identity_optimal", True), ("gme_all_pairs", False),
           ("weak_bilip_frac_a1.1", True), ("weak_bilip_frac_a1.5", True),
           ("weak_bilip_frac_a2", True), ("fd_pixels_prior", False))
 Z_NOISE = 2.0   # a difference counts beyond this many standard errors

@@ -17,13 +17,13 @@ points) and on the run's generated samples (``sample/samples.npz``):
     held-out neighbour b, the maximum of |grad psi| over 16 points (1 - t) a + t b, t in [0, 1]
     (also divided by the median |grad psi| at held-out points: scale-free), and the difference
     quotient |psi(a) - psi(b)| / |a - b| (mean, median, q95 over points);
-  * the encoder's geometry from the run's summary (``heldout_gme``, ``weak_bilip_frac_a*``).
-Prop. 2 suggests: where the encoder preserves the geometry better (lower held-out GME, more
-weakly bi-Lipschitz pairs), the critic is more regular. The report compares the absolute
+  * the encoder's geometry from the run's summary (``gme_all_pairs``, ``weak_bilip_frac_a*``).
+Prop. 2 suggests: where the encoder preserves the geometry better (lower GME over all held-out
+pairs, more weakly bi-Lipschitz pairs), the critic is more regular. The report compares the absolute
 measures (local Lipschitz estimate, difference quotient: in the critic's own units, so they mix
 its overall scale, set by the gap-vs-penalty balance, with its shape) and the scale-free ones
 (relative spread, segment maximum over the median gradient) separately, says whether each group
-agrees, and gives rank correlations over all runs between the held-out GME and the measures.
+agrees, and gives rank correlations over all runs between that GME and the measures.
 Caveat: the trained critic is the minimiser of a penalised objective after finitely many
 steps, not the optimal dual potential of the proposition; the gradient penalty (k/2)
 E|grad psi|^p sets its scale in both variants alike.
@@ -141,7 +141,7 @@ def measure_critic(score, x_held: np.ndarray, x_gen: np.ndarray) -> tuple[dict, 
   return out, {"heldout": g_h, "generated": g_g}
 
 
-GEOMETRY = ("heldout_gme", "weak_bilip_frac_a1.1", "weak_bilip_frac_a1.5", "weak_bilip_frac_a2",
+GEOMETRY = ("gme_all_pairs", "weak_bilip_frac_a1.1", "weak_bilip_frac_a1.5", "weak_bilip_frac_a2",
             "cm_identity_optimal")
 
 
@@ -201,7 +201,7 @@ def analyse(per_run: dict, failed: dict) -> dict:
     c = gan_ablation.compare(stats["gmegan"][k], stats["c_T0"][k], higher_better=higher)
     return {"worse": True, "better": False}.get(c["verdict"])
 
-  geometry_better = lower("heldout_gme")
+  geometry_better = lower("gme_all_pairs")
   bilip_better = lower("weak_bilip_frac_a1.5", higher=True)
   regular = {k: lower(k) for k in ABSOLUTE + SCALE_FREE}
 
@@ -226,10 +226,10 @@ def analyse(per_run: dict, failed: dict) -> dict:
   else:
     verdict = "mixed"
   finished = [m for runs in per_run.values() for m in runs.values()
-              if m is not None and m.get("heldout_gme") is not None]
+              if m is not None and m.get("gme_all_pairs") is not None]
   rho = {}
   for k in ("seg_lip_mean", "grad_heldout_rel_spread", "seg_lip_rel_mean"):
-    pts = [(m["heldout_gme"], m[k]) for m in finished if m.get(k) is not None]
+    pts = [(m["gme_all_pairs"], m[k]) for m in finished if m.get(k) is not None]
     r = sps.spearmanr(*zip(*pts)).statistic if len(pts) >= 3 else float("nan")
     rho[k] = float(r) if np.isfinite(r) else None
   return {"stats": stats, "geometry_better": geometry_better, "bilip_better": bilip_better,
@@ -293,16 +293,16 @@ def report(config, per_run: dict, result: dict, seeds) -> common.Report:
       "not judged (one seed)": "not judged: with one seed there is no spread to tell a "
                                "difference from seed noise (a smoke run)",
       "not tested": f"not a test of Prop. 2: c_T = {float(config.gmegan.c_T):g} did not give "
-                    "the more geometry-preserving encoder here (lower held-out GME), so the "
-                    "premise does not hold",
+                    "the more geometry-preserving encoder here (lower GME over all held-out "
+                    "pairs), so the premise does not hold",
   }[result["verdict"]]
   summary = (
       "Each comparison below says yes/no only where the difference of the means over seeds "
       f"exceeds {gan_ablation.Z_NOISE:g} standard errors (else n/a). "
       f"GMEGAN (c_T = {float(config.gmegan.c_T):g}) vs GMEGAN with c_T = 0 on "
       f"{config.data.name}, {len(seeds)} seed(s), {int(config.gmegan.num_steps)} iterations "
-      f"each. Encoder geometry: held-out GME {_f(g['heldout_gme']['mean'])} vs "
-      f"{_f(c['heldout_gme']['mean'])} (GMEGAN lower: {_yes(result['geometry_better'])}), "
+      f"each. Encoder geometry: all-pairs held-out GME {_f(g['gme_all_pairs']['mean'])} vs "
+      f"{_f(c['gme_all_pairs']['mean'])} (GMEGAN lower: {_yes(result['geometry_better'])}), "
       f"weakly 1.5-bi-Lipschitz pairs {_f(g['weak_bilip_frac_a1.5']['mean'])} vs "
       f"{_f(c['weak_bilip_frac_a1.5']['mean'])} (GMEGAN higher: "
       f"{_yes(result['bilip_better'])}). Critic, absolute: local Lipschitz estimate along "
@@ -319,7 +319,7 @@ def report(config, per_run: dict, result: dict, seeds) -> common.Report:
   rho = result["spearman_gme_vs"]
   if any(r is not None for r in rho.values()):
     summary += (f" Over all {result['num_runs_correlated']} runs, the Spearman correlation of "
-                "the held-out GME with the local Lipschitz estimate is "
+                "the all-pairs held-out GME with the local Lipschitz estimate is "
                 f"{_f(rho['seg_lip_mean'], 2)}, with the relative spread "
                 f"{_f(rho['grad_heldout_rel_spread'], 2)}, with the segment ratio "
                 f"{_f(rho['seg_lip_rel_mean'], 2)} (Prop. 2 suggests positive ones).")
@@ -329,8 +329,8 @@ def report(config, per_run: dict, result: dict, seeds) -> common.Report:
       f"of |grad psi| over {SEGMENT_POINTS} points of the segment from each held-out point to "
       "its nearest held-out neighbour (statistics over points) and `seg_lip_rel_mean` its mean "
       "divided by the median |grad psi| at held-out points; `diff_quot_*` |psi(a) - psi(b)| / "
-      "|a - b| on the same pairs. Geometry from the GMEGAN stage's summary (held-out GME, weak "
-      "bi-Lipschitz fractions, c-cyclical monotonicity).",
+      "|a - b| on the same pairs. Geometry from the GMEGAN stage's summary (GME over all "
+      "held-out pairs, weak bi-Lipschitz fractions, c-cyclical monotonicity).",
       "Absolute vs scale-free: a critic is defined up to its overall scale, which the balance "
       "of the gap E psi(G z) - E psi(x) against the gradient penalty (k/2) E|grad psi|^p sets "
       "and which differs between the variants; absolute Lipschitz estimates mix that scale "

@@ -154,7 +154,7 @@ def measure(summaries: dict, failed: dict, methods, names) -> dict:
       row = {k: common.finite_or_none(ev.get(k)) for k in METRICS + EXTRA if k in ev}
       row.update(diverged=False, steps=st.get("steps"),
                  seconds=common.finite_or_none(st.get("seconds")))
-      for k in ("heldout_gme", "cm_identity_optimal"):
+      for k in ("gme_all_pairs", "cm_identity_optimal"):
         if k in st:
           row[k] = common.finite_or_none(st[k])
       runs[m][v] = row

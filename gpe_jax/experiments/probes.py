@@ -176,7 +176,7 @@ class Encoders:
                                  stages=("vae",))["vae"]
     ckpt = train_loop.checkpoint_dir(os.path.join(self.workdir, VAE_VARIANT), "vae")
     return {"name": f"VAE (beta {float(self.config.vae.beta):g}), step {summary['steps']}",
-            "method": "vae", "ckpt_dir": ckpt, "gme": encoders.heldout_gme(self.ctx, ckpt),
+            "method": "vae", "ckpt_dir": ckpt, "gme": encoders.val_gme(self.ctx, ckpt),
             "variant": "decoder_vae", "step": int(summary["steps"])}
 
   def all_trained(self) -> list[dict]:

@@ -68,8 +68,8 @@ def run(config, workdir: str) -> common.Report:
   rows.append({"name": "VAE encoder (mean)", "method": "vae", "variant": VAE_DECODER,
                "ckpt": vae_ckpt, "encoder_run": VAE_VARIANT,
                "encoder_step": int(vae_summary.get("steps", 0)),
-               "gme": encoders.heldout_gme(ctx, vae_ckpt),
-               "heldout_gme_geometry": vae_summary.get("heldout_gme")})
+               "gme": encoders.val_gme(ctx, vae_ckpt),
+               "gme_all_pairs": vae_summary.get("gme_all_pairs")})
 
   for row in rows:
     summary = encoders.train_decoder(config, workdir, row["variant"], row["method"], row["ckpt"])
@@ -114,8 +114,8 @@ def run(config, workdir: str) -> common.Report:
           "encoder_step": r["encoder_step"], "gme": r["gme"],
           **({"gme_in_run": r["gme_in_run"], "gme_level": r["gme_level"]}
              if r["method"] == "gpe" else {}),
-          **({"heldout_gme_geometry": r["heldout_gme_geometry"]}
-             if r.get("heldout_gme_geometry") is not None else {}),
+          **({"gme_all_pairs": r["gme_all_pairs"]}
+             if r.get("gme_all_pairs") is not None else {}),
           "final_val_recon_mse": r["final"],
           "steps_to_threshold": r["reach"],
           "decoder_seconds": r["summary"].get("seconds"),

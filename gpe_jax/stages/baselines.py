@@ -148,9 +148,9 @@ def run_stage(ctx: common.Context, name: str) -> dict:
   metrics["val_mean_image_mse"] = float(np.mean(np.square(x_eval - mean_image)))
   write_manifest(ctx, name, result.steps, stats)
   summary = common.mark_done(ctx, name, result, metrics)
-  logging.info("%s: done after %d steps (%s), val_recon_mse=%.4g, held-out GME=%.4g", name,
+  logging.info("%s: done after %d steps (%s), val_recon_mse=%.4g, gme_all_pairs=%.4g", name,
                result.steps, result.stopped_by, summary.get("val_recon_mse", float("nan")),
-               summary.get("heldout_gme", float("nan")))
+               summary.get("gme_all_pairs", float("nan")))
   return summary
 
 
@@ -186,4 +186,4 @@ SPECS = tuple(common.StageSpec(
     complete=True, inputs=common.training_inputs(name),
     timed_step=functools.partial(timed_step, name=name),
     write_manifest=functools.partial(_legacy_manifest, name=name),
-    headline=("steps", "seconds", "val_recon_mse", "heldout_gme")) for name in NAMES)
+    headline=("steps", "seconds", "val_recon_mse", "gme_all_pairs")) for name in NAMES)

@@ -452,5 +452,5 @@ SPECS = tuple(common.StageSpec(
     complete=True, generator=True, inputs=inputs(name),
     validate=functools.partial(validate, name=name), evaluators=EVALUATORS,
     timed_step=functools.partial(timed_step, name=name),
-    headline=("steps", "seconds", "modes_covered", "high_quality", "heldout_gme",
+    headline=("steps", "seconds", "modes_covered", "high_quality", "gme_all_pairs",
               "cm_identity_optimal")) for name in NAMES)
