@@ -178,8 +178,13 @@ def integrate_adaptive(velocity_fn: VelocityFn, z0: jax.Array, t0: float = 1e-4,
   Each attempted step evaluates six new stages (the seventh is reused as the first stage
   of the next step, FSAL), estimates the local error from the embedded 4th-order solution,
   and accepts the step if the error norm (see ``_error_norm``) is <= 1. The next step
-  size is ``h * clip(0.9 * norm^(-1/5), 0.2, 10)`` (never grown after a rejection). The
-  last step is clipped to land exactly on t1.
+  size is ``h * clip(0.9 * norm^(-1/5), 0.2, 10)``, with the factor capped at 1 on a
+  rejected step (the retry is never larger) and on the first accepted step after a
+  rejection (no growth right after a rejection: Hairer, Norsett & Wanner, Solving Ordinary
+  Differential Equations I, Sec. II.4; scipy's RK45 does the same). Without that cap a
+  small error estimate right after a rejection lets h grow straight back towards the size
+  that just failed, and the controller pays for another rejection. The last step is
+  clipped to land exactly on t1.
 
   Args:
     velocity_fn: ``v(z, t)`` as in ``integrate``.
@@ -206,13 +211,14 @@ def integrate_adaptive(velocity_fn: VelocityFn, z0: jax.Array, t0: float = 1e-4,
   k1 = _eval(velocity_fn, z0, t0)
   zero = jnp.asarray(0, jnp.int32)
 
-  # state: (tau = |t - t0| progress, z, k1, h (magnitude), accepted, rejected, done)
+  # state: (tau = |t - t0| progress, z, k1, h (magnitude), accepted, rejected, done,
+  #         last attempt rejected)
   def cond(state):
-    tau, _, _, _, n_acc, n_rej, done = state
+    tau, _, _, _, n_acc, n_rej, done, _ = state
     return jnp.logical_not(done) & (n_acc + n_rej < max_steps) & (tau < span)
 
   def body(state):
-    tau, z, k1, h, n_acc, n_rej, _ = state
+    tau, z, k1, h, n_acc, n_rej, _, was_rejected = state
     remaining = span - tau
     last = (h >= remaining) | (tau + h >= span)
     h = jnp.where(last, remaining, h)
@@ -229,7 +235,8 @@ def integrate_adaptive(velocity_fn: VelocityFn, z0: jax.Array, t0: float = 1e-4,
     accept = finite & (norm <= 1.0)
     factor = jnp.where(norm > 0.0, _SAFETY * norm ** _ERROR_EXPONENT, _MAX_FACTOR)
     factor = jnp.clip(factor, _MIN_FACTOR, _MAX_FACTOR)
-    factor = jnp.where(accept, factor, jnp.minimum(factor, 1.0))
+    # No growth on a rejected step, nor on the accepted step right after one.
+    factor = jnp.where(accept & ~was_rejected, factor, jnp.minimum(factor, 1.0))
     factor = jnp.where(finite, factor, _MIN_FACTOR)
     tau_new = jnp.where(last, span, tau + h)
     return (jnp.where(accept, tau_new, tau),
@@ -238,10 +245,12 @@ def integrate_adaptive(velocity_fn: VelocityFn, z0: jax.Array, t0: float = 1e-4,
             h * factor,
             n_acc + accept.astype(jnp.int32),
             n_rej + (~accept).astype(jnp.int32),
-            accept & last)
+            accept & last,
+            ~accept)
 
-  init = (jnp.zeros((), jnp.float32), z0, k1, h0, zero, zero, span <= 0.0)
-  tau, z1, _, _, n_acc, n_rej, done = jax.lax.while_loop(cond, body, init)
+  init = (jnp.zeros((), jnp.float32), z0, k1, h0, zero, zero, span <= 0.0,
+          jnp.zeros((), bool))
+  tau, z1, _, _, n_acc, n_rej, done, _ = jax.lax.while_loop(cond, body, init)
   info = {
       "nfe": (1 + 6 * (n_acc + n_rej)).astype(jnp.int32),
       "num_accepted": n_acc,

@@ -75,3 +75,48 @@ def test_bad_k():
   x = np.zeros((3, 2), np.float32)
   with pytest.raises(ValueError):
     prdc.knn_radii(x, k=3)
+
+
+def _brute_precision(real, fake, k, strict):
+  r_real = _brute_radii(real, k)
+  d = np.sqrt(((fake[:, None, :] - real[None, :, :]) ** 2).sum(-1))
+  inside = d < r_real[None, :] if strict else d <= r_real[None, :]
+  return float(np.mean(np.any(inside, axis=1)))
+
+
+def test_tie_on_ball_edge_counts_as_inside():
+  """A fake point exactly at a real point's k-th neighbour distance is inside (d <= r).
+
+  Integer coordinates keep the Gram-form distances exact in float32, so the ties are exact.
+  Real radii (k = 1): (0,0) -> 3, (3,0) -> 3, (0,4) -> 4. Fake (-3,0), (3,-3) and (0,8) each lie
+  exactly on one real ball's edge and outside every other ball; (10,10) is far from all.
+  """
+  real = np.array([[0, 0], [3, 0], [0, 4]], np.float32)
+  fake = np.array([[-3, 0], [3, -3], [0, 8], [10, 10]], np.float32)
+  np.testing.assert_array_equal(prdc.knn_radii(real, k=1, block=2), [3.0, 3.0, 4.0])
+  out = prdc.precision_recall(real, fake, k=1, block=2)
+  assert out["precision"] == 0.75
+  assert out["precision"] == _brute_precision(real, fake, 1, strict=False)
+  assert _brute_precision(real, fake, 1, strict=True) == 0.0  # the strict rule: none inside
+
+
+def test_tie_on_duplicated_features():
+  """Duplicated (quantised) features: radius-0 balls still contain their copies.
+
+  Real (k = 1): (0,0) and (1,0) twice each, so their radii are 0 (a copy is a neighbour at
+  distance 0); (5,5) has radius sqrt(41). Fake (0,0) and (1,0) coincide with real points and are
+  inside under d <= r; (-1,0) and (20,20) are outside every ball. Under the strict rule d < r a
+  radius-0 ball contains nothing, and precision would be 0.
+  """
+  real = np.array([[0, 0], [0, 0], [1, 0], [1, 0], [5, 5]], np.float32)
+  fake = np.array([[0, 0], [1, 0], [-1, 0], [20, 20]], np.float32)
+  np.testing.assert_allclose(prdc.knn_radii(real, k=1, block=3),
+                             [0.0, 0.0, 0.0, 0.0, np.sqrt(41.0)], rtol=1e-6)
+  for block in (3, 1024):
+    out = prdc.precision_recall(real, fake, k=1, block=block)
+    assert out == {"precision": 0.5, "recall": 1.0}
+  assert _brute_precision(real, fake, 1, strict=False) == 0.5
+  assert _brute_precision(real, fake, 1, strict=True) == 0.0
+  # Every point of a fully duplicated set is on the edge of a radius-0 ball: 1.0, not 0.0.
+  dup = np.repeat(np.array([[0, 0], [2, 1], [7, 3]], np.float32), 4, axis=0)
+  assert prdc.precision_recall(dup, dup, k=3, block=5) == {"precision": 1.0, "recall": 1.0}

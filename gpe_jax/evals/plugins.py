@@ -128,14 +128,22 @@ def _fd_evaluator(ctx, generate, extractor_name: str, num: int = 0):
   def setup():
     ext = features.get_extractor(extractor_name, ctx.data, cfg.evaluate)
     lazy["extractor"] = ext
-    ref = ctx.data.x_test[:min(num, int(cfg.evaluate.num_reference))]
-    lazy["ref"] = frechet.gaussian_stats_np(ext.fn(ref))
+    ref = np.asarray(ext.fn(ctx.data.x_test[:min(num, int(cfg.evaluate.num_reference))]))
+    dim = int(np.prod(ref.shape[1:]))
+    if frechet.gram_is_cheaper(ref.shape[0], num, dim):   # few samples of many features
+      lazy["ref_features"] = ref
+    else:
+      lazy["ref"] = frechet.gaussian_stats_np(ref)
 
   def evaluate(state) -> dict:
     if not lazy:
       setup()
-    mu, cov = frechet.gaussian_stats_np(lazy["extractor"].fn(generate(state, num)))
-    return {f"fd_{extractor_name}": float(frechet.frechet_distance_np(*lazy["ref"], mu, cov))}
+    feats = lazy["extractor"].fn(generate(state, num))
+    if "ref_features" in lazy:
+      fd = frechet.frechet_distance_gram_np(lazy["ref_features"], feats)
+    else:
+      fd = frechet.frechet_distance_np(*lazy["ref"], *frechet.gaussian_stats_np(feats))
+    return {f"fd_{extractor_name}": float(fd)}
   return evaluate
 
 

@@ -12,6 +12,17 @@ to the same size (so a single compile serves all blocks), and each block is comp
 whole reference set by one jitted function, so at most a [block, N] distance matrix exists at a
 time. Distances use the Gram form |a|^2 + |b|^2 - 2 a.b, clipped at 0, in at least float32 with
 ``Precision.HIGHEST`` matmuls. Balls are tested on squared distances (d^2 <= r^2).
+
+Ties: a point exactly on a ball's edge (distance == radius) is INSIDE. This is the rule of
+Kynkaanniemi, Karras, Laine, Lehtinen and Aila, "Improved Precision and Recall Metric for
+Assessing Generative Models" (NeurIPS 2019), whose reference implementation tests distance <=
+radius; the ``prdc`` package of Naeem, Oh, Uh, Choi and Yoo, "Reliable Fidelity and Diversity
+Metrics for Generative Models" (ICML 2020), tests distance < radius instead. The two differ only
+on exact ties, which real-valued features almost never produce but duplicated or quantised
+features do: a point with k or more exact copies in its set has radius 0, and its ball still
+contains it and its copies, whereas under the strict rule a radius-0 ball contains nothing.
+Copies are ordinary neighbours: a point's own row is the only one excluded from its k-NN
+radius.
 """
 from __future__ import annotations
 
@@ -57,7 +68,11 @@ def _knn_sq_radii_block(q: jax.Array, ref: jax.Array, start: jax.Array, k: int) 
 
 @jax.jit
 def _inside_any_ball_block(q: jax.Array, ref: jax.Array, ref_sq_radii: jax.Array) -> jax.Array:
-  """[B, F], [N, F], [N] -> [B] bool: is each query row inside some ball of ``ref``."""
+  """[B, F], [N, F], [N] -> [B] bool: is each query row inside some ball of ``ref``.
+
+  Inside includes the edge (d^2 <= r^2, the rule of Kynkaanniemi et al. 2019; see the module
+  docstring).
+  """
   d2 = _sq_dists(q, ref)
   return jnp.any(d2 <= ref_sq_radii[None, :], axis=1)
 
@@ -95,14 +110,15 @@ def knn_radii(features, k: int = 3, block: int = 1024) -> np.ndarray:
     block: rows per block; at most a [block, N] distance matrix is formed.
 
   Returns:
-    [N] NumPy array of k-NN radii (Euclidean, not squared).
+    [N] NumPy array of k-NN radii (Euclidean, not squared). Copies of a point count as its
+    neighbours (at distance 0), so a point with k or more duplicates has radius 0.
   """
   x = costs.float_rows(features)
   return np.sqrt(_knn_sq_radii(x, k, block))
 
 
 def _coverage(query: jax.Array, ref: jax.Array, ref_sq_radii: np.ndarray, block: int) -> float:
-  """Fraction of ``query`` rows inside at least one ball of ``ref``."""
+  """Fraction of ``query`` rows inside at least one ball of ``ref`` (edge included)."""
   r2 = jnp.asarray(ref_sq_radii, ref.dtype)
   hits = 0
   for _, blk, n_valid in _blocks(query, block):
@@ -123,7 +139,11 @@ def precision_recall(real, fake, k: int = 3, block: int = 1024) -> dict[str, flo
   Returns:
     ``{"precision": p, "recall": r}`` as Python floats in [0, 1]: p is the fraction of fake
     points inside at least one real k-NN ball, r the fraction of real points inside at least
-    one fake k-NN ball.
+    one fake k-NN ball. A point on a ball's edge (distance == radius) is inside, as in the
+    reference implementation of Kynkaanniemi et al., "Improved Precision and Recall Metric for
+    Assessing Generative Models" (NeurIPS 2019); the ``prdc`` package of Naeem et al. (ICML
+    2020) counts it outside (distance < radius). The rules differ only on exact ties, e.g. on
+    duplicated or quantised features (see the module docstring).
   """
   x_real, x_fake = costs.float_rows(real), costs.float_rows(fake)
   if x_real.shape[1] != x_fake.shape[1]:
