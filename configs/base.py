@@ -56,6 +56,9 @@ def get_config():
   # --config.method=vae --config.stages="('vae','prior','sample','evaluate')".
   config.method = "gpe"
   config.num_devices = 0   # 0 = all visible devices; the batch is sharded over them
+  # XLA's cheap optimisation level for runs whose compile time exceeds their compute (smoke
+  # runs; set before the backend starts): faster to start, float rounding may differ.
+  config.fast_compile = False
 
   config.data = default_data_config()
 
@@ -206,6 +209,7 @@ def get_config():
 
 def smoke(config, steps=4):
   """Shrink a config to a seconds-long CPU run (every stage still runs end to end)."""
+  config.fast_compile = True
   for name in ("encoder", "decoder", "vae", "ae", "vae_mds", "ae_mds", "prior", *GAN_METHODS):
     s = config[name]
     s.num_steps = steps

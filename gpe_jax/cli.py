@@ -4,7 +4,9 @@ r"""The one command line of every gpe_jax command: its flags, and how a failure 
     python -m gpe_jax.experiments.table1 --config=configs/default.py:smoke --workdir=/tmp/t1
 
 Flags: ``--config`` (``configs/NAME.py[:ARG]``; any field can be overridden after it, e.g.
-``--config.encoder.lr=3e-4``), ``--workdir``, ``--verbose``, and the multi-process ones
+``--config.encoder.lr=3e-4``), ``--workdir``, ``--verbose``, ``--config_help`` (print every
+field of the config, its value and its meaning, then exit 0; ``gpe_jax.config_help``), and
+the multi-process ones
 (``parallel.distributed_settings``; each also from an environment variable, the flag winning):
 ``--coordinator_address`` (``GPE_JAX_COORDINATOR_ADDRESS``; host:port of process 0, or
 ``auto`` on Cloud TPU pods / SLURM / Open MPI), ``--num_processes`` (``GPE_JAX_NUM_PROCESSES``),
@@ -20,6 +22,8 @@ the fix``, with exit status 2, and no traceback unless ``--verbose``:
   * any ``gpe_jax.errors.UserError`` raised by the command;
   * a workdir that cannot be written (read-only, no permission, disk full), recognised through
     the exception chains of orbax and tensorstore (``logs.workdir_write_error``).
+A command that fails before any of its stages started leaves no workdir behind when it
+created it (``logs.removed_if_nothing_started``); an existing workdir is never removed.
 Ctrl-C and SIGTERM stop a run with exit status 130 and a paragraph that says how to resume.
 A process of a multi-process run whose peer died or stopped on an error exits with status 1
 and a paragraph (``PeerLost``) that names that process and its log.
@@ -73,6 +77,8 @@ def define_flags() -> None:
                        "GPE_JAX_HEARTBEAT_TIMEOUT.")
   flags.DEFINE_bool("verbose", False, "On a failure, print the full traceback, not only the "
                     "one-paragraph message.")
+  flags.DEFINE_bool("config_help", False, "Print every field of the --config (dotted name, "
+                    "its value there, its meaning) and exit without running anything.")
 
 
 # The multi-process flags (``parallel.ENV_VARS`` holds their environment variables).
@@ -100,7 +106,7 @@ def usage(module: str, require_workdir: bool) -> str:
   """The one-line usage of the command ``python -m module``."""
   workdir = "--workdir=DIR" if require_workdir else "[--workdir=DIR]"
   return (f"python -m {module} --config=configs/NAME.py[:smoke] {workdir} "
-          "[--config.SECTION.FIELD=VALUE ...] [--verbose]")
+          "[--config.SECTION.FIELD=VALUE ...] [--verbose] [--config_help]")
 
 
 # --------------------------------------------------------------------------- reporting
@@ -309,6 +315,11 @@ def _message(exc: BaseException) -> str:
   return str(exc)
 
 
+def config_source(argv: list[str]) -> str:
+  """The value given to --config in ``argv`` ('' when absent), e.g. 'configs/mnist.py:smoke'."""
+  return _config_arg(argv)
+
+
 def _config_arg(argv: list[str]) -> str:
   """The value given to --config in ``argv`` ('' when absent)."""
   for i, arg in enumerate(argv):
@@ -481,9 +492,12 @@ def parse_flags(argv: list[str], module: str, require_workdir: bool) -> list[str
     _configs_importable(argv)
     rest = FLAGS(argv)
     if FLAGS.config is None:
-      raise errors.ConfigError(f"--config is required. Usage: {usage(module, require_workdir)}")
+      help_hint = (" (--config_help lists the fields of that config; python -m "
+                   "gpe_jax.config_help those of configs/base.py)" if FLAGS.config_help else "")
+      raise errors.ConfigError(f"--config is required{help_hint}. Usage: "
+                               f"{usage(module, require_workdir)}")
     FLAGS.config.keys()  # raises here for a config file that failed to load
-    if require_workdir and not FLAGS.workdir:
+    if require_workdir and not FLAGS.workdir and not FLAGS.config_help:
       raise errors.ConfigError(f"--workdir is required. Usage: "
                                f"{usage(module, require_workdir)}")
     return rest
@@ -497,6 +511,45 @@ def parse_flags(argv: list[str], module: str, require_workdir: bool) -> list[str
 
 
 # --------------------------------------------------------------------------- running
+
+
+COMPILATION_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+# XLA:CPU without its expensive passes (``config.fast_compile``): smoke runs compile far more
+# than they compute.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
+                      "--xla_llvm_disable_expensive_passes=true")
+
+
+def use_fast_compile() -> None:
+  """Add ``FAST_COMPILE_FLAGS`` to ``$XLA_FLAGS`` (read when the backend starts, which is
+  after this: no device has been touched while the flags are parsed)."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  flags += [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in
+            {g.split("=")[0] for g in flags}]
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def enable_compilation_cache() -> str:
+  """A persistent XLA compilation cache for command-line runs; returns its folder ('' = off).
+
+  ``$GPE_JAX_CACHE/xla`` (default ``~/.cache/gpe_jax/xla``), bounded to 2 GiB (least recently
+  used entries go first), unless ``$JAX_COMPILATION_CACHE_DIR`` is set (empty: no cache). A
+  second run of a command loads its compiled programs instead of compiling them again; an entry
+  is keyed by the program, the XLA flags and the jax version, so it changes no number.
+  """
+  if COMPILATION_CACHE_ENV in os.environ:   # the user's (or the tests') choice, jax reads it
+    return os.environ[COMPILATION_CACHE_ENV]
+  import jax  # pylint: disable=import-outside-toplevel
+  from gpe_jax.data import sources  # pylint: disable=import-outside-toplevel
+  path = sources.cache_dir("xla")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return ""      # an unwritable cache folder only costs compile time
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)
+  return path
 
 
 def run(body: Callable[..., object], module: str, require_workdir: bool = False,
@@ -513,7 +566,7 @@ def run(body: Callable[..., object], module: str, require_workdir: bool = False,
     default_workdir: ``default_workdir(config)``, the workdir when --workdir is absent.
   """
   define_flags()
-  for name in ("config", "workdir", *DISTRIBUTED_FLAGS, "verbose"):  # what --help lists
+  for name in ("config", "workdir", *DISTRIBUTED_FLAGS, "verbose", "config_help"):  # --help
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
   install_signal_handlers()
 
@@ -524,12 +577,19 @@ def run(body: Callable[..., object], module: str, require_workdir: bool = False,
         raise errors.ConfigError(
             f"Unexpected argument(s) {' '.join(argv[1:])}: flags take the form --name=value. "
             f"Usage: {usage(module, require_workdir)}")
+      if FLAGS.config_help:   # the fields, their values and meanings; nothing runs
+        from gpe_jax import config_help
+        print(config_help.text(FLAGS.config, config_source(sys.argv)))
+        return
       logs.setup_logging(verbose)
+      enable_compilation_cache()
+      if FLAGS.config.get("fast_compile"):
+        use_fast_compile()
       if not verbose:
         install_quiet_hooks()
       config = FLAGS.config
       workdir = FLAGS.workdir or (default_workdir(config) if default_workdir else "")
-    with reporting(verbose, workdir):
+    with reporting(verbose, workdir), logs.removed_if_nothing_started(workdir):
       start_processes(workdir)
       body(config, workdir)
     parallel.process_finished()

@@ -2,7 +2,9 @@
 
 Workdir layout (each arrow of the pipeline is a file here):
   config.json                 the full config of the latest invocation
-  metrics.jsonl               one JSON object per logged/evaluated step: stage, step, loss, ...
+  metrics.jsonl               one JSON object per logged/evaluated step: stage, step, loss, ...,
+                              time (Unix seconds), elapsed_s (seconds since the stage started
+                              in the process that wrote the row)
   summary.json                per stage: steps, seconds, stopped_by, final held-out metrics
   tensorboard/                TensorBoard event files
   <stage>/checkpoints/        orbax checkpoints of the stage's full train state
@@ -28,6 +30,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -36,7 +39,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from gpe_jax.errors import RecordError, WorkdirBusyError, WorkdirWriteError
+from gpe_jax.errors import RecordError, UserError, WorkdirBusyError, WorkdirWriteError
 
 
 class QuietLibraries(logging.Filter):
@@ -76,6 +79,14 @@ def setup_logging(verbose: bool = False) -> None:
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(QuietLibraries(verbose))
+  # jax logs every platform it probes and does not find ("Unable to initialize backend
+  # 'tpu'") at INFO when its backends start, the first line of every command on a machine
+  # without that accelerator. Its warnings (e.g. a GPU without a CUDA jaxlib) still show.
+  if not verbose:
+    logging.getLogger(_BACKEND_PROBE_LOGGER).setLevel(logging.WARNING)
+
+
+_BACKEND_PROBE_LOGGER = "jax._src.xla_bridge"   # a logger name; nothing is imported from it
 
 
 def is_main_process() -> bool:
@@ -257,13 +268,24 @@ def read_metrics(workdir: str) -> list[dict]:
   return rows
 
 
+# The wall-clock columns of every metrics.jsonl row (not metrics: not sent to TensorBoard, and
+# they differ between two runs that are otherwise bitwise equal).
+CLOCK_KEYS = ("time", "elapsed_s")
+
+
 class MetricsWriter:
-  """Appends JSON lines to metrics.jsonl and scalars to TensorBoard (process 0 only)."""
+  """Appends JSON lines to metrics.jsonl and scalars to TensorBoard (process 0 only).
+
+  Every row also gets ``time`` (``time.time()``, seconds since the Unix epoch) and
+  ``elapsed_s`` (seconds since this process started the row's stage: ``start(stage)``, else
+  its first row).
+  """
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._started: dict[str, float] = {}   # stage -> time.perf_counter() at its start
     self.enabled = is_main_process()
     if self.enabled:
       self.repair()
@@ -305,16 +327,23 @@ class MetricsWriter:
     if len(keep) != len(rows):
       _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
+  def start(self, stage: str) -> None:
+    """Start the ``elapsed_s`` clock of ``stage`` (the train loop calls this on entry)."""
+    self._started[stage] = time.perf_counter()
+
   def write(self, stage: str, step: int, values: dict) -> None:
     if not self.enabled:
       return
+    started = self._started.setdefault(stage, time.perf_counter())
     row = {"stage": stage, "step": int(step)}
     row.update(to_jsonable(values))
+    row["time"] = time.time()
+    row["elapsed_s"] = round(time.perf_counter() - started, 3)
     with naming(self.path), open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     tb = self._tensorboard()
     for k, v in row.items():
-      if isinstance(v, (int, float)) and k != "step":
+      if isinstance(v, (int, float)) and k != "step" and k not in CLOCK_KEYS:
         tb.add_scalar(f"{stage}/{k}", v, int(step))
 
   def close(self) -> None:
@@ -518,3 +547,61 @@ def workdir_lock(workdir: str, what: str = "a run") -> Iterator[None]:
       fcntl.flock(fd, fcntl.LOCK_UN)
   finally:
     os.close(fd)
+
+
+# --------------------------------------------------------------------------- a failed start
+
+# What a command writes into its workdir before its first stage does: nothing else in a
+# workdir the command created means work was done there, and the workdir is kept.
+_BEFORE_ANY_STAGE = ("config.json", LOCK_FILE, os.path.dirname(PROCESS_LOG))
+_PROCESS_LOG_NAME = re.compile(r"^process_\d+\.log$")
+
+
+def _holds_only_startup_files(path: str) -> bool:
+  """Whether the folder ``path`` holds nothing but ``_BEFORE_ANY_STAGE`` (logs/ holding
+  only process logs)."""
+  try:
+    names = os.listdir(path)
+    logs_dir = os.path.join(path, os.path.dirname(PROCESS_LOG))
+    process_logs = os.listdir(logs_dir) if os.path.isdir(logs_dir) else []
+  except OSError:
+    return False
+  if any(n not in _BEFORE_ANY_STAGE for n in names):
+    return False
+  if os.path.lexists(logs_dir) and not os.path.isdir(logs_dir):
+    return False
+  return all(_PROCESS_LOG_NAME.match(n) for n in process_logs)
+
+
+def _is_process_zero() -> bool:
+  """Process 0, without starting JAX's backends when no multi-process run was joined."""
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def removed_if_nothing_started(workdir: str) -> Iterator[None]:
+  """Remove again a workdir that the body created, when the body fails with a user error
+  (``errors.UserError``, Ctrl-C, a failed write) before any stage wrote to it: a config
+  that fails validation, absent data, a stop during start-up, a full disk.
+
+  A workdir that existed when the body began is never touched; a new one is removed only
+  while it holds nothing but what a command writes before its first stage: config.json, the
+  lock file and logs/ with process logs (anything else, e.g. a stage's folder or
+  metrics.jsonl, keeps it whole). A bug (any other exception) keeps it for inspection.
+  Process 0 alone removes it.
+
+  Args:
+    workdir: the command's workdir ('' = none: nothing is done).
+  """
+  path = os.path.abspath(workdir) if workdir else ""
+  existed = not path or os.path.lexists(path)
+  try:
+    yield
+  except BaseException as e:
+    user_facing = isinstance(e, (UserError, KeyboardInterrupt)) or (
+        isinstance(e, Exception) and workdir_write_error(e) is not None)
+    if user_facing and not existed and _is_process_zero() and _holds_only_startup_files(path):
+      shutil.rmtree(path, ignore_errors=True)
+      if not os.path.exists(path):
+        logging.info("removed %s: the run stopped before any stage started", path)
+    raise

@@ -4,9 +4,10 @@
          -> decoder/manifest.json (method 'gpe': encoder + decoder) -> prior (flow matching on
          normalised latents) -> sample (ODE + decoder, samples.npz) -> evaluate
 
-The pipeline knows no concrete stage: it iterates ``stages.registry``. Before the first step
-it validates the whole config against the registry and the data, and checks that every finished
-stage it would reuse was computed from the inputs this run asks for. Then, per stage:
+The pipeline knows no concrete stage: it iterates ``stages.registry``. Before it writes anything
+(the workdir itself is created only then) it validates the whole config against the registry
+and the data, and checks that every finished stage it would reuse was computed from the inputs
+this run asks for: a run that cannot start leaves no workdir behind. Then, per stage:
 
   * finished, same inputs, same upstream results: kept (skipped);
   * finished with the same inputs but ``num_steps`` raised (or ``target_loss`` tightened), or its
@@ -24,6 +25,7 @@ barrier before and after each stage, so each reads the records process 0 has wri
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -37,6 +39,7 @@ from gpe_jax.stages import common, registry
 
 LOOP_MINIMA = {"num_steps": 1, "log_every": 1, "eval_every": 1, "checkpoint_every": 1,
                "keep_checkpoints": 1}
+LOCK_WHAT = "python -m gpe_jax.main"   # what holds a run's workdir lock, for a second run's message
 
 
 def validate(config, workdir: str = "") -> None:
@@ -77,12 +80,28 @@ def validate(config, workdir: str = "") -> None:
                                "of config.stages to skip it)" if key == "num_steps" else "")
                             + ".")
       train_loop.check_schedule(section, f"config.{name}")
+      _check_optimizer(section, f"config.{name}")
       from gpe_jax.evals import plugins
       plugins.check_names(tuple(section.get("evals", ())), spec.evaluators,
                           f"config.{name}.evals")
     if spec.consumes_method:
       _check_sampling(config)
   _check_needs(config, workdir, stages)
+
+
+def _check_optimizer(section, where: str) -> None:
+  """A training section's optimiser values that cannot train (the GAN methods' per-network
+  optimisers are checked by their stage's ``validate``)."""
+  if "lr" in section and not float(section.lr) > 0:
+    raise ConfigError(f"{where}.lr={section.lr} must be > 0 (the peak learning rate), e.g. "
+                      f"--{where}.lr=1e-3.")
+  for key in ("b1", "b2"):
+    if key in section and not 0.0 <= float(section[key]) < 1.0:
+      raise ConfigError(f"{where}.{key}={section[key]} must be in [0, 1) (an Adam beta; "
+                        f"the defaults are b1=0.5, b2=0.999).")
+  for key in ("grad_clip", "warmup_steps"):
+    if key in section and not float(section[key]) >= 0:
+      raise ConfigError(f"{where}.{key}={section[key]} must be >= 0 (0 = off).")
 
 
 def _check_sampling(config) -> None:
@@ -300,11 +319,18 @@ def sweep_stale(workdir: str) -> None:
 
 
 def run(config, workdir: str) -> dict:
-  """Run ``config.stages`` in ``workdir``; returns the summary (also in summary.json)."""
+  """Run ``config.stages`` in ``workdir``; returns the summary (also in summary.json).
+
+  Everything that can be checked without writing is checked first (the config, the records
+  of an existing workdir, the data and what needs it); only then is the workdir created (if
+  new) and ``config.json`` written, so a run that fails those checks leaves nothing behind.
+  An existing workdir is locked first, so a busy one fails at once.
+  """
   workdir = os.path.abspath(workdir)
-  validate(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with logs.workdir_lock(workdir, what="python -m gpe_jax.main"):
+  with contextlib.ExitStack() as lock:
+    if os.path.isdir(workdir):
+      lock.enter_context(logs.workdir_lock(workdir, what=LOCK_WHAT))
+    validate(config, workdir)
     preflight(config, workdir)
     mesh = parallel.make_mesh(config.num_devices)
     t0 = time.perf_counter()
@@ -314,22 +340,30 @@ def run(config, workdir: str) -> dict:
     validate_with_data(config, data)
     logging.info("devices: %d x %s, processes: %d", mesh.devices.size,
                  jax.devices()[0].platform, jax.process_count())
-    logs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    writer = logs.MetricsWriter(workdir)
-    ctx = common.Context(config=config, workdir=workdir, mesh=mesh, data=data, writer=writer,
-                         stage_order=registry.names())
-    try:
-      adopt_legacy(ctx)
-      for name in config.stages:
-        run_stage(ctx, name)
-        # Process 0 alone writes the stage's records and manifest, which the next stages
-        # read on every process: all wait here until they are on disk.
-        parallel.sync_processes(f"pipeline: {name} done")
-    finally:
-      writer.close()
-      sweep_stale(workdir)
-      summary = common.write_summary(workdir, registry.names())
-      if logs.is_main_process():
-        plots.loss_curves(logs.read_metrics(workdir), os.path.join(workdir, "loss_curves.png"),
-                          title=f"{data.name}: training curves")
+    os.makedirs(workdir, exist_ok=True)
+    lock.enter_context(logs.workdir_lock(workdir, what=LOCK_WHAT))  # held already: counted
+    return _run_stages(config, workdir, mesh, data)
+
+
+def _run_stages(config, workdir: str, mesh, data) -> dict:
+  """The part of ``run`` that writes: config.json, each stage, then (also when a stage
+  failed) the summary of what is on disk and the loss curves."""
+  logs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  writer = logs.MetricsWriter(workdir)
+  ctx = common.Context(config=config, workdir=workdir, mesh=mesh, data=data, writer=writer,
+                       stage_order=registry.names())
+  try:
+    adopt_legacy(ctx)
+    for name in config.stages:
+      run_stage(ctx, name)
+      # Process 0 alone writes the stage's records and manifest, which the next stages
+      # read on every process: all wait here until they are on disk.
+      parallel.sync_processes(f"pipeline: {name} done")
+  finally:
+    writer.close()
+    sweep_stale(workdir)
+    summary = common.write_summary(workdir, registry.names())
+    if logs.is_main_process():
+      plots.loss_curves(logs.read_metrics(workdir), os.path.join(workdir, "loss_curves.png"),
+                        title=f"{data.name}: training curves")
   return summary

@@ -19,6 +19,7 @@ import matplotlib
 if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
   matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (must follow matplotlib.use)
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
 _DPI = 110
@@ -64,7 +65,8 @@ def loss_curves(records: Sequence[dict], path, title: str = "") -> str:
       ``{"stage": "encoder", "step": 10, "loss": 0.1, "val_gme": 0.05}``. Rows without a
       ``stage`` go to a stage named ``"train"``; rows without a ``step`` use their index within
       the stage. ``loss`` is drawn as a line (markers too when there are few points), every
-      ``val_*`` key as markers. Non-finite values are skipped.
+      ``val_*`` key as markers. Non-finite values are skipped. Each panel's y axis is labelled
+      with the metrics it shows (and whether it is logarithmic), its x axis "step".
     path: output PNG path.
     title: figure title.
 
@@ -110,8 +112,12 @@ def loss_curves(records: Sequence[dict], path, title: str = "") -> str:
     for key in sorted(k for k in series if k != "loss"):
       xs, ys = series[key]
       ax.plot(xs, ys, "o", ms=4, label=key)
-    if all_y and min(all_y) > 0:
+    log_scale = bool(all_y) and min(all_y) > 0
+    if log_scale:
       ax.set_yscale("log")
+    shown = (["loss"] if "loss" in series else []) + sorted(k for k in series if k != "loss")
+    if shown:
+      ax.set_ylabel(", ".join(shown) + (" (log scale)" if log_scale else ""))
     if not series:
       ax.text(0.5, 0.5, "no loss / val_* values", ha="center", va="center",
               transform=ax.transAxes)
@@ -211,6 +217,58 @@ def image_grid(images, path, nrow: int | None = None, title: str = "") -> str:
     _show_canvas(ax, canvas)
   if title:
     ax.set_title(title)
+  return _save(fig, path)
+
+
+def paired_grid(left, right, path, titles: tuple[str, str] = ("", ""), nrow: int | None = None,
+                title: str = "") -> str:
+  """Two batches side by side, each tiled as ``image_grid`` tiles one, under its own title
+  and with a vertical rule between them (e.g. samples with and without a prior).
+
+  Args:
+    left, right: [n, H, W, C] images in [-1, 1] (the layouts of ``image_grid``; the two may
+      differ in n), or [n, D] vectors, drawn as heatmaps.
+    path: output PNG path.
+    titles: the titles of the left and the right half.
+    nrow: images per grid row of each half; default ceil(sqrt(n)).
+    title: figure title, above both halves.
+
+  Returns:
+    The path written.
+  """
+  halves = [_as_nhwc(np.asarray(left)), _as_nhwc(np.asarray(right))]
+  if any(h is None for h in halves):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"wspace": 0.45})
+    for ax, vecs in zip(axes, (left, right)):
+      vecs = np.asarray(vecs, np.float32)
+      _vector_heatmap(ax, vecs.reshape(vecs.shape[0], -1) if vecs.ndim else vecs.reshape(1, 1))
+  else:
+    canvases = [_tile(h, nrow if nrow else max(1, math.ceil(math.sqrt(max(h.shape[0], 1)))))
+                for h in halves]
+    height = max(c.shape[0] for c in canvases)
+    width = sum(c.shape[1] for c in canvases)
+    scale = 10.0 / max(width, height)
+    fig, axes = plt.subplots(1, 2, figsize=(max(4.0, width * scale) + 0.6,
+                                            max(2.0, height * scale) + 0.6),
+                             gridspec_kw={"width_ratios": [c.shape[1] for c in canvases],
+                                          "wspace": 0.12})
+    for ax, canvas in zip(axes, canvases):
+      _show_canvas(ax, canvas)
+  for ax, name in zip(axes, titles):
+    if name:
+      ax.set_title(name, fontsize=10)
+  # The rule: midway between the left half (with its colour bar, labels and title) and the
+  # right one, as high as they are, from their drawn extents in figure coordinates.
+  fig.canvas.draw()
+  to_fig = fig.transFigure.inverted()
+  boxes = [ax.get_tightbbox().transformed(to_fig) for ax in fig.axes]
+  right = boxes[1]
+  left_edge = max(b.x1 for b in boxes if b.x1 <= right.x0 + 1e-6)
+  x = (left_edge + right.x0) / 2.0
+  fig.add_artist(Line2D([x, x], [min(b.y0 for b in boxes), max(b.y1 for b in boxes)],
+                        transform=fig.transFigure, color="0.15", lw=2.5))
+  if title:
+    fig.suptitle(title)
   return _save(fig, path)
 
 

@@ -7,9 +7,11 @@ held-out evaluation); the loop owns everything else:
   * orbax checkpoints of the full state (params, optimiser, batch stats, step, RNG) with
     keep-N, and automatic resume: rerunning the same command continues from the latest
     checkpoint, and a checkpoint that cannot be restored is an error, never a silent restart;
-  * a NaN/Inf guard naming stage and step; a progress bar with loss and steps/s;
+  * a NaN/Inf guard naming stage and step; a progress bar with loss and steps/s, whose clock
+    (rate, ETA) starts once the first step has compiled;
   * periodic held-out evaluation and early stop at ``target_loss``;
-  * metrics.jsonl / TensorBoard logging from process 0.
+  * metrics.jsonl / TensorBoard logging from process 0 (each row with its wall-clock ``time``
+    and the ``elapsed_s`` since the stage started).
 Because the batch and the step's RNG are pure functions of (seed, step), a resumed run
 reproduces an uninterrupted one exactly.
 """
@@ -278,6 +280,7 @@ def _interrupts_deferred():
 def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int) -> Result:
   """Train ``stage`` to ``cfg.num_steps`` (or ``cfg.target_loss``), resuming if possible."""
   cfg = stage.cfg
+  writer.start(stage.name)   # the elapsed_s clock of its metrics.jsonl rows
   ckpt_dir = checkpoint_dir(workdir, stage.name)
   timing_path = os.path.join(workdir, stage.name, "timing.json")
   os.makedirs(os.path.dirname(ckpt_dir), exist_ok=True)
@@ -347,6 +350,10 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
     for at, batch in batches:
       state, metrics = step_fn(state, batch)
       step = at + 1
+      if step == start + 1:
+        # The first call compiled the step: restart the bar's clock now, so its rate and ETA
+        # measure training, not compilation (the count keeps its resumed start).
+        bar.unpause()
       bar.update(1)
       is_log = step % cfg.log_every == 0 or step == num_steps
       is_ckpt = step % cfg.checkpoint_every == 0 or step == num_steps

@@ -51,7 +51,9 @@ def paragraph(res, code, *words):
     (["--config=configs/default.py:smok"],
      ["ConfigError", "'smok'", "configs/NAME.py:smoke"]),
     ([SMOKE, "--config.data.batch_size=abc"], ["ConfigError", "batch_size=abc", "int"]),
-], ids=["mistyped_key", "missing_config_file", "bad_config_argument", "bad_value_type"])
+    ([SMOKE, "--config.encoder.lr=-1"], ["ConfigError", "config.encoder.lr=-1.0", "> 0"]),
+], ids=["mistyped_key", "missing_config_file", "bad_config_argument", "bad_value_type",
+        "invalid_value"])
 def test_bad_config_is_one_paragraph(tmp_path, args, words):
   wd = tmp_path / "wd"
   paragraph(run_cli(*args, f"--workdir={wd}", timeout=120), 2, *words)
@@ -104,8 +106,10 @@ def test_torn_last_metrics_line_is_dropped_and_cut_before_the_next_append(tmp_pa
   finally:
     writer.close()
   lines = path.read_text().splitlines()
-  assert [json.loads(line) for line in lines] == rows + [{"stage": "encoder", "step": 3,
-                                                          "loss": 0.5}]
+  appended = json.loads(lines[-1])
+  assert isinstance(appended.pop("time"), float) and appended.pop("elapsed_s") >= 0
+  assert [json.loads(line) for line in lines[:-1]] + [appended] == rows + [
+      {"stage": "encoder", "step": 3, "loss": 0.5}]
   # a complete last row without its newline is kept and gets one before the next append
   _write_rows(path, rows[:1], tail=json.dumps(rows[1]))
   assert logs.read_metrics(str(tmp_path)) == rows

@@ -278,3 +278,68 @@ def test_model_dtype_and_data_reading_fields_keep_old_fingerprints():
   bf16 = variant(cfg, **{"model.dtype": "bfloat16", "data.workers": 0})
   got = common.base_inputs(bf16)
   assert got["model"]["dtype"] == "bfloat16" and got["data"] == inputs["data"]
+
+
+def test_a_run_that_cannot_start_leaves_no_workdir(tmp_path):
+  """Validation (config, data, what needs the data) comes before the workdir is created."""
+  wd = str(tmp_path / "new")
+  with pytest.raises(errors.ConfigError, match=r"config.encoder.lr=-1.0 must be > 0"):
+    pipeline.run(smoke_config(**{"encoder.lr": -1.0}), wd)
+  with pytest.raises(errors.ConfigError, match=r"config.prior.b2=1.0 must be in \[0, 1\)"):
+    pipeline.run(smoke_config(**{"prior.b2": 1.0}), wd)
+  with pytest.raises(errors.DataError, match="no IDX files"):
+    pipeline.run(smoke_config(**{"data.name": "mnist", "data.path": str(tmp_path / "none")}),
+                 wd)
+  assert not os.path.exists(wd)
+  # an existing workdir with results: the same failures leave it as it was
+  kept = tmp_path / "kept"
+  (kept / "encoder").mkdir(parents=True)
+  (kept / "notes.txt").write_text("results")
+  with pytest.raises(errors.ConfigError):
+    pipeline.run(smoke_config(**{"encoder.lr": -1.0}), str(kept))
+  assert sorted(os.listdir(kept)) == [logs.LOCK_FILE, "encoder", "notes.txt"]
+  assert not os.path.exists(kept / "config.json")
+
+
+def _fail_after_writing(workdir, *files, error=errors.ConfigError("bad")):
+  """A command body that writes ``files`` into ``workdir`` and then raises ``error``."""
+  with logs.removed_if_nothing_started(str(workdir)):
+    for f in files:
+      path = os.path.join(workdir, f)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w") as fh:
+        fh.write("{}")
+    raise error
+
+
+def test_a_new_workdir_is_removed_only_while_no_stage_wrote_to_it(tmp_path):
+  startup = ("config.json", logs.LOCK_FILE, "logs/process_0.log")
+  new = tmp_path / "new"
+  with pytest.raises(errors.ConfigError):
+    _fail_after_writing(new, *startup)
+  assert not new.exists()
+  started = tmp_path / "started"   # a stage began: its folder keeps the workdir
+  with pytest.raises(errors.ConfigError):
+    _fail_after_writing(started, *startup, "encoder/started.json")
+  assert sorted(os.listdir(started)) == sorted([*startup[:2], "encoder", "logs"])
+  other = tmp_path / "other"       # anything not written before a stage keeps it too
+  with pytest.raises(errors.ConfigError):
+    _fail_after_writing(other, "config.json", "logs/notes.txt")
+  assert other.exists()
+  existed = tmp_path / "existed"   # a workdir that existed is never removed, even if empty
+  existed.mkdir()
+  with pytest.raises(errors.ConfigError):
+    _fail_after_writing(existed, *startup)
+  assert existed.exists()
+  bug = tmp_path / "bug"           # a bug (not a user error) keeps it for inspection
+  with pytest.raises(RuntimeError):
+    _fail_after_writing(bug, *startup, error=RuntimeError("a bug"))
+  assert bug.exists()
+  full = tmp_path / "full"         # a full disk is a user error: removed
+  with pytest.raises(OSError):
+    _fail_after_writing(full, logs.LOCK_FILE,
+                        error=OSError(28, "No space left on device", str(full / "config.json")))
+  assert not full.exists()
+  with logs.removed_if_nothing_started(str(tmp_path / "ok")):   # success: kept
+    os.makedirs(tmp_path / "ok")
+  assert (tmp_path / "ok").exists()

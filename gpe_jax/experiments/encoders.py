@@ -16,7 +16,7 @@ How an encoder is "stopped at a GME value":
      percent of training, where a fixed checkpoint interval would be too coarse; one
      checkpoint per evaluation would cost hundreds of MB.)
   4. Each frozen encoder is restored and its held-out GME re-measured with the encoder stage's
-     own evaluation (``gme_all_pairs``) before a decoder trains on it; the step and GME reported
+     own evaluation (``val_gme``) before a decoder trains on it; the step and GME reported
      are those of the restored encoder.
 
 Decoders train with the config's decoder section, with a finer held-out evaluation
@@ -215,7 +215,7 @@ def frozen_gpe_encoders(config, workdir: str, ctx, fractions) -> tuple[dict, lis
     frozen = stopped_encoder(config, workdir, enc, stop)
     if any(o["step"] == frozen["step"] for o in out):
       continue  # a rerun that did not stop where asked landed on another stop
-    measured = gme_all_pairs(ctx, frozen["ckpt_dir"])
+    measured = val_gme(ctx, frozen["ckpt_dir"])
     if not math.isclose(measured, frozen["curve_gme"], rel_tol=1e-2, abs_tol=1e-7):
       logging.warning("GPE encoder of step %d: restored held-out GME %.6g, its run measured "
                       "%.6g", frozen["step"], measured, frozen["curve_gme"])

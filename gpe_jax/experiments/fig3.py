@@ -125,7 +125,7 @@ def run(config, workdir: str) -> common.Report:
     pts, how = project_2d(embeddings[name])
     r = results[name]
     _scatter(ax, pts, labels,
-             f"{LABELS[name]} ({r.get('steps')} steps)\nheld-out GME {_fmt(r.get('gme_all_pairs'))}"
+             f"{LABELS[name]} ({r.get('steps')} steps)\nall-pairs held-out GME {_fmt(r.get('gme_all_pairs'))}"
              f", weak 1.5-bi-Lipschitz {_fmt(r.get(a15))}")
     ax.set_xlabel(f"latent, {how}", fontsize=8)
   pts, how = project_2d(x_geo.reshape(n_geo, -1))
@@ -162,7 +162,7 @@ def run(config, workdir: str) -> common.Report:
       f"The {data.name} data ({_describe(data.example_shape)}) embedded "
       f"in {latent_dim}-D by the GPE encoder ({g.get('steps')} steps on the GME cost alone) and "
       f"by the VAE's encoder mean ({v.get('steps')} joint steps), on {n_geo} held-out points. "
-      f"The GPE encoder's held-out GME is {_fmt(g.get('gme_all_pairs'))} vs the VAE's "
+      f"The GPE encoder's all-pairs held-out GME is {_fmt(g.get('gme_all_pairs'))} vs the VAE's "
       f"{_fmt(v.get('gme_all_pairs'))} ({better} for GPE); the fraction of held-out pairs that "
       f"are weakly 1.5-bi-Lipschitz is {_fmt(g.get(a15))} vs {_fmt(v.get(a15))}; the median "
       f"ratio |Tx - Ty| / |x - y| is {_fmt(g.get('ratio_q50'))} vs {_fmt(v.get('ratio_q50'))} "

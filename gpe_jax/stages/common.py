@@ -140,7 +140,10 @@ def base_inputs(config) -> dict:
       data[sub] = {k: v for k, v in data[sub].items() if fields.get(k, object()) != v}
   model = {k: v for k, v in config.model.to_dict().items()
            if _ADDED_MODEL_FIELDS.get(k, object()) != v}
-  return {"model": model, "data": data, "seed": int(config.seed)}
+  out = {"model": model, "data": data, "seed": int(config.seed)}
+  if config.get("fast_compile"):   # other compiled programs: other float rounding
+    out["fast_compile"] = True
+  return out
 
 
 def stage_inputs(spec: StageSpec, config) -> dict:

@@ -111,10 +111,11 @@ def run(ctx: common.Context) -> dict:
                     {"records": records, "protocol": protocol})
   k = min(32, n)
   if "noprior" in sets:
-    plots.image_grid(np.concatenate([x_prior[:k], sets["noprior"][:k]]),
-                     os.path.join(out_dir, "prior_vs_noprior.png"), nrow=8,
-                     title=f"{data.name}: flow-prior samples (top {k // 8} rows) vs decoder on "
-                           f"N(0, I) (bottom {k // 8} rows)")
+    plots.paired_grid(x_prior[:k], sets["noprior"][:k],
+                      os.path.join(out_dir, "prior_vs_noprior.png"), nrow=8,
+                      titles=("with the flow prior: N(0, I) -> prior -> decoder",
+                              "without: decoder on N(0, I)"),
+                      title=f"{data.name}: {k} generated samples each")
   return common.mark_done(ctx, NAME, summary=dict(flat, protocol=protocol))
 
 
