@@ -322,39 +322,48 @@ def _base_config_path() -> str:
                       "configs", "base.py")
 
 
-def _has_config(argv: list[str]) -> bool:
-  return any(a in ("--config", "-config") or a.startswith(("--config=", "-config="))
-             for a in argv[1:])
+USAGE = "python -m gpe_jax.config_help [--markdown] [--config=configs/NAME.py[:ARG]]"
+
+
+def _fail(problem: str) -> None:
+  print(f"gpe_jax error: {problem} Usage: {USAGE}", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def load_config(source: str):
+  """The config of ``configs/NAME.py[:ARG]`` (its ``get_config(ARG)``)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, arg = source.partition(":")
+  if not os.path.isfile(path):
+    _fail(f"--config={source}: {path} is not a file; give a config file such as "
+          "configs/default.py.")
+  spec = importlib.util.spec_from_file_location("_config_for_help", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  try:
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except (ValueError, TypeError, AttributeError, ImportError) as e:
+    _fail(f"--config={source} cannot be loaded ({type(e).__name__}: {e}).")
+  finally:
+    sys.path.pop(0)
 
 
 def main(argv: list[str] | None = None) -> None:
-  """``python -m gpe_jax.config_help [--markdown] [--config=configs/NAME.py[:ARG]] [overrides]``:
-  print the fields (``--markdown``: as a Markdown table); the config defaults to
-  configs/base.py. Bad command lines are one paragraph and exit 2, as in every command."""
-  import functools
-
-  from absl import app, flags
-
-  from gpe_jax import cli, errors
-  argv = list(sys.argv if argv is None else argv)
-  if not _has_config(argv):
-    argv.insert(1, f"--config={_base_config_path()}")
-  cli.define_flags()
-  if "markdown" not in flags.FLAGS:
-    flags.DEFINE_bool("markdown", False, "Print the fields as a Markdown table "
-                      "(| field | default | meaning |).")
-
-  def body(rest):
-    if len(rest) > 1:
-      cli.exit_with(errors.ConfigError(
-          f"Unexpected argument(s) {' '.join(rest[1:])}. Usage: python -m gpe_jax.config_help "
-          "[--markdown] [--config=configs/NAME.py[:smoke]] [--config.SECTION.FIELD=VALUE ...]"))
-    config = flags.FLAGS.config
-    print(markdown_table(config) if flags.FLAGS.markdown
-          else text(config, cli.config_source(argv)))
-
-  app.run(body, argv=argv, flags_parser=functools.partial(
-      cli.parse_flags, module="gpe_jax.config_help", require_workdir=False))
+  """``python -m gpe_jax.config_help [--markdown] [--config=configs/NAME.py[:ARG]]``: print the
+  fields (``--markdown``: as a Markdown table); the config defaults to configs/base.py. To see
+  a config with overrides, use ``--config_help`` on the command itself."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  markdown, source = False, _base_config_path()
+  for a in args:
+    if a == "--markdown":
+      markdown = True
+    elif a.startswith("--config="):
+      source = a.split("=", 1)[1]
+    else:
+      _fail(f"unexpected argument {a!r}.")
+  config = load_config(source)
+  print(markdown_table(config) if markdown else text(config, source))
 
 
 if __name__ == "__main__":

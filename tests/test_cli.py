@@ -372,6 +372,19 @@ def test_readme_config_table_is_the_generated_one():
       "--markdown")
 
 
+def test_config_help_command(capsys):
+  from gpe_jax import config_help
+  config_help.main(["--markdown"])
+  assert capsys.readouterr().out.startswith("| field | default | meaning |")
+  config_help.main(["--config=configs/default.py:smoke"])
+  assert any(l.startswith("encoder.num_steps ") and " 4 " in l
+             for l in capsys.readouterr().out.splitlines())
+  for bad in (["--bogus"], ["--config=configs/no_such.py"]):
+    with pytest.raises(SystemExit) as e:
+      config_help.main(bad)
+    assert e.value.code == 2 and "Usage: python -m gpe_jax.config_help" in capsys.readouterr().err
+
+
 def test_config_help_table_and_listing():
   from configs import base
   from gpe_jax import config_help
