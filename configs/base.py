@@ -241,6 +241,7 @@ def smoke(config, steps=4):
   config.probes.decoder_points = 128
   config.probes.gd_steps = 20
   config.probes.alphas = (1.1, 1.5, 2.0)
+  config.experiments.seeds = (0,)   # a smoke run checks that an experiment runs, once
   return config
 
 

@@ -63,11 +63,12 @@ def smoke_run(tmp_path_factory):
 
 
 def test_default_smoke_takes_seconds(smoke_run):
-  """The default :smoke (every stage, 4 steps each) measured 24 s from a cold compilation
-  cache on a quiet 2-core machine (fast_compile on); here the other test worker shares the
-  two cores, hence the margin. A smoke run that takes minutes fails."""
+  """The default :smoke (every stage, 4 steps each) measured 24 s from an empty compilation
+  cache on a quiet 2-core machine (fast_compile on), 20 s here with the tests' cache warm and
+  50 s with it off while the other test worker shared the two cores; the bound allows for
+  that. A smoke run that takes minutes (as a 3,072-D pixel FD once did) fails."""
   _, res = smoke_run
-  assert res.wall_s <= 45, f"default smoke took {res.wall_s:.1f} s"
+  assert res.wall_s <= 90, f"default smoke took {res.wall_s:.1f} s"
 
 
 def test_smoke_end_to_end_writes_every_output(smoke_run):
