@@ -343,7 +343,7 @@ def load_config(source: str):
   try:
     spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
-  except (ValueError, TypeError, AttributeError, ImportError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (a config file's own error)
     _fail(f"--config={source} cannot be loaded ({type(e).__name__}: {e}).")
   finally:
     sys.path.pop(0)

@@ -31,8 +31,8 @@ METRICS = {
                      "better)",
     "val_mean_image_mse": "MSE of predicting the mean image, for scale (val_recon_mse "
                           "should be well below it)",
-    "heldout_gme": "GME over all pairs of eval.geometry_points held-out points (lower = "
-                   "geometry better kept)",
+    "gme_all_pairs": "GME over all pairs of eval.geometry_points held-out points (lower = "
+                     "geometry better kept)",
     "val_fm_loss": "held-out flow-matching loss of the prior (lower = better)",
     "nfe_per_sample": "velocity-network evaluations per generated sample",
     "modes_covered": "mixture modes holding at least gans.mode_min_fraction of the samples "

@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from gpe_jax.data import transforms
+from gpe_jax.data import stream, transforms
 from gpe_jax.data.core import DataError, Dataset
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -183,7 +183,6 @@ def image_splits(cfg, name: str, train_store, train_idx: np.ndarray, test_store,
   """``(x_train, x_test)`` from two uint8 (or float) row stores: ``StreamedImages`` views
   that convert each batch's rows when asked for, or float32 arrays converted now (chunk by
   chunk, the same numbers) when the data is small enough to hold (see ``wants_stream``)."""
-  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   views = [stream.StreamedImages(store, idx, cfg.center_crop, cfg.image_size, name)
            for store, idx in ((train_store, train_idx), (test_store, test_idx))]
   rows = len(train_idx) + len(test_idx)
@@ -276,7 +275,6 @@ def read_idx(path: str) -> np.ndarray:
 def idx_rows(path: str):
   """The images of an IDX file as a row store of ``[N, H, W, 1]``: read in place with
   positional reads for a raw file, decompressed once into memory (uint8, compact) for .gz."""
-  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   if path.endswith('.gz'):
     return stream.ArrayRows(_images_or_raise(read_idx(path), path), path)
   try:
@@ -649,7 +647,6 @@ def load_tfds(cfg, name: str) -> Dataset:
       if not len(idx):
         raise DataError(f'Dataset {name!r}: split {split!r} of {version_dir} is empty.')
     if wants_stream(cfg, name, rows, out_shape, what):
-      from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
       xs = [stream.StreamedImages(TfdsRows(builder, split, shape, name), idx, cfg.center_crop,
                                   cfg.image_size, name) for split, idx in read]
       return Dataset(name=name, x_train=xs[0], x_test=xs[1], y_train=None, y_test=None,
@@ -681,7 +678,6 @@ def _npz_examples(store, key: str, path: str, name: str):
   Returns:
     A row store of ``[N, H, W, C]`` images, or an in-memory ``[N, D]`` array of vectors.
   """
-  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   dtype, shape = store.dtype, tuple(store.shape)
   if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
     raise DataError(
@@ -717,7 +713,6 @@ def _npz_members(path: str, name: str) -> dict:
   (``np.savez``) are read in place with positional reads, compressed ones
   (``np.savez_compressed``) are decompressed once into memory in their own dtype."""
   import zipfile  # pylint: disable=import-outside-toplevel
-  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   members = {}
   with zipfile.ZipFile(path) as zf, open(path, 'rb') as raw:
     for info in zf.infolist():
@@ -845,7 +840,6 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
   if not files:
     raise DataError(f'Dataset {name!r}: no .png/.jpg/.jpeg images found under {path} '
                     '(searched recursively); point --config.data.path at a folder of images.')
-  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   store = stream.FolderRows(files, name, gray_modes=_GRAY_MODES)
   train, test = _cfg_split(cfg, name, len(files))
   x_train, x_test = image_splits(cfg, name, store, train, store, test, f'the images under {path}')
@@ -861,7 +855,6 @@ def load_image_folder(cfg, name: str = 'image_folder') -> Dataset:
 def load_prepared(cfg, name: str) -> Dataset:
   """A folder written by ``python -m gpe_jax.data.prepare``, streamed: nothing but the labels
   is loaded; each batch's rows are read and converted (crop, scale, resize) when asked for."""
-  from gpe_jax.data import stream  # pylint: disable=import-outside-toplevel
   path = os.path.abspath(os.path.expanduser(cfg.path)) if cfg.path else ''
   meta = stream.read_meta(path) if path else None
   if meta is None:
