@@ -46,6 +46,35 @@ def test_blockwise_equals_dense(n, block):
   np.testing.assert_allclose(g_blk, g_dense, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("n,blocks", [(257, 3), (520, 4)])
+def test_triangle_equals_dense_value_gradient_and_hessian(n, blocks):
+  """The upper-triangle GME (what ``gme_cost`` runs from TRIANGLE_MIN_ROWS rows on) against the
+  dense pair matrix: value and gradient to 1e-6 relative, and a Hessian-vector product."""
+  x, z = random_xz(n, 40, 7, seed=n, scale_z=3.0)
+  tri = lambda a, b: costs.gme_cost_triangle(a, b, blocks)
+  v0, g0 = jax.jit(jax.value_and_grad(costs.gme_cost_dense, argnums=1))(x, z)
+  v, g = jax.jit(jax.value_and_grad(tri, argnums=1))(x, z)
+  assert abs(float(v) - float(v0)) <= 1e-6 * float(v0)
+  assert float(jnp.linalg.norm(g - g0)) <= 1e-6 * float(jnp.linalg.norm(g0))
+  gx0 = jax.jit(jax.grad(costs.gme_cost_dense, argnums=0))(x, z)
+  gx = jax.jit(jax.grad(tri, argnums=0))(x, z)
+  assert float(jnp.linalg.norm(gx - gx0)) <= 1e-6 * float(jnp.linalg.norm(gx0))
+  u = jnp.asarray(np.random.default_rng(1).normal(size=z.shape), jnp.float32)
+  hvp = lambda f: jax.jit(lambda: jax.jvp(jax.grad(f, argnums=1), (x, z), (jnp.zeros_like(x), u))[1])()
+  h0, h = hvp(costs.gme_cost_dense), hvp(tri)
+  assert float(jnp.linalg.norm(h - h0)) <= 1e-5 * float(jnp.linalg.norm(h0))
+
+
+def test_gme_cost_takes_the_triangle_from_triangle_min_rows():
+  small, large = costs.TRIANGLE_MIN_ROWS - 1, costs.TRIANGLE_MIN_ROWS
+  for n, want in [(small, False), (large, True)]:
+    x, z = random_xz(n, 8, 2)
+    jaxpr = str(jax.make_jaxpr(costs.gme_cost)(x, z))
+    assert ("optimization_barrier" in jaxpr) == want, n
+    np.testing.assert_allclose(jax.jit(costs.gme_cost)(x, z), jax.jit(costs.gme_cost_dense)(x, z),
+                               rtol=1e-6)
+
+
 def test_per_example_mean_is_gme():
   x, z = random_xz(40, 50, 3)
   np.testing.assert_allclose(jnp.mean(costs.gme_per_example(x, z)), costs.gme_cost(x, z),
