@@ -72,6 +72,8 @@ def get_config():
   m.dec_features = (128, 64, 32)   # conv: one level (x2 resolution) per entry
   m.batch_norm = True      # conv
   m.extra_convs = 0        # conv encoder: extra stride-1 convs per level
+  m.enc_kernel = 3         # conv encoder: kernel of each level's conv after space-to-depth
+  m.dec_kernel = 3         # conv decoder: kernel of its convs
   m.dtype = "float32"      # or 'bfloat16': activations and matmuls/convs of every network in bf16
   #                          (parameters, optimiser state, norms, outputs and losses stay f32)
 

@@ -65,7 +65,8 @@ def build_encoder(model_cfg, example_shape: Sequence[int], out_mult: int = 1):
                       dtype=dtype)
   return ConvEncoder(features=tuple(model_cfg.enc_features), latent_dim=model_cfg.latent_dim,
                      out_mult=out_mult, batch_norm=model_cfg.batch_norm,
-                     extra_convs=model_cfg.extra_convs, final_bias=out_mult > 1, dtype=dtype)
+                     kernel=_kernel(model_cfg, 'enc_kernel'), extra_convs=model_cfg.extra_convs,
+                     final_bias=out_mult > 1, dtype=dtype)
 
 
 def build_decoder(model_cfg, example_shape: Sequence[int]):
@@ -81,7 +82,16 @@ def build_decoder(model_cfg, example_shape: Sequence[int]):
     raise ConfigError(f"ConvDecoder makes square images; the data is {h}x{w}. Set "
                      "--config.data.image_size (with center_crop) to make it square.")
   return ConvDecoder(features=tuple(model_cfg.dec_features), image_size=h, channels=c,
-                     batch_norm=model_cfg.batch_norm, dtype=dtype)
+                     batch_norm=model_cfg.batch_norm, kernel=_kernel(model_cfg, 'dec_kernel'),
+                     dtype=dtype)
+
+
+def _kernel(model_cfg, key: str) -> int:
+  k = model_cfg.get(key, 3)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ConfigError(f"config.model.{key} is {k!r}; it must be a positive integer kernel "
+                      f"size (3 by default, 2 for the paper's 4x4 stride-2 receptive field).")
+  return k
 
 
 def _sizes(gan_cfg, key: str, what: str, allow_empty: bool = False) -> tuple:

@@ -125,7 +125,7 @@ def section_inputs(section) -> dict:
 # workdirs keep their fingerprints.
 _ADDED_DATA_FIELDS = {"mixture": {"layout": "circle", "shift": 0.0}}
 # Model fields added later, left out at these values so older workdirs keep their fingerprints.
-_ADDED_MODEL_FIELDS = {"dtype": "float32"}
+_ADDED_MODEL_FIELDS = {"dtype": "float32", "enc_kernel": 3, "dec_kernel": 3}
 
 
 # Data fields that change where or how fast data is read, never a number: not inputs.
