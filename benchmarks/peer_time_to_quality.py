@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from time_to_quality import BATCH, HELD_OUT_BATCHES, batch_indices  # noqa: E402  (NumPy only)
+from time_to_quality import (BATCH, HELD_OUT_BATCHES, batch_indices,  # noqa: E402
+                             train_until)   # (the module imports NumPy only)
 
 LATENT = 30
 
@@ -61,38 +62,23 @@ def optimiser(params, lr, steps):
   return opt, sched
 
 
-def train_until(net, loss_fn, evaluate, rows, idx, lr, threshold, check_every, max_steps):
+def torch_until(net, loss_fn, evaluate, rows, idx, lr, threshold, check_every, max_steps, n):
+  """``time_to_quality.train_until`` over n Adam steps of ``net`` on ``loss_fn(rows[idx[i]])``
+  (cosine decay over ``max_steps``); evaluation in eval mode without gradients."""
   opt, sched = optimiser(net.parameters(), lr, max_steps)
-  train_s = eval_s = 0.0
-  first_s, history, reached = None, [], None
-  t0 = time.perf_counter()
-  for i in range(len(idx)):
+
+  def run_step(i):
     net.train()
     opt.zero_grad(set_to_none=True)
     loss_fn(rows[idx[i]]).backward()
     opt.step()
     sched.step()
-    if i == 0:
-      first_s = time.perf_counter() - t0
-      t0 = time.perf_counter()
-    if (i + 1) % check_every == 0 or i + 1 == len(idx):
-      train_s += time.perf_counter() - t0
-      te = time.perf_counter()
-      net.eval()
-      with torch.no_grad():
-        value = float(evaluate())
-      eval_s += time.perf_counter() - te
-      history.append([i + 1, round(train_s, 3), value])
-      if value <= threshold:
-        reached = i + 1
-        break
-      t0 = time.perf_counter()
-  steps = history[-1][0]
-  return {"threshold": threshold, "reached_at_step": reached,
-          "seconds_to_threshold": round(train_s, 3) if reached else None, "steps": steps,
-          "train_s": round(train_s, 3), "s_per_step": round(train_s / max(1, steps - 1), 5),
-          "first_step_s": round(first_s, 3), "eval_s": round(eval_s, 3),
-          "final": history[-1][2], "history": history}
+
+  def held_out():
+    net.eval()
+    with torch.no_grad():
+      return evaluate()
+  return train_until(run_step, lambda: None, held_out, n, threshold, check_every)
 
 
 def main():
@@ -114,10 +100,10 @@ def main():
   held = x_held.reshape(HELD_OUT_BATCHES, BATCH, *x_held.shape[1:])
 
   T = encoder()
-  enc = train_until(T, lambda x: gme(x, T(x)),
+  enc = torch_until(T, lambda x: gme(x, T(x)),
                     lambda: torch.stack([gme(b, T(b)) for b in held]).mean(),
                     x_train, idx, args.lr, args.enc_threshold, args.check_every,
-                    args.max_steps)
+                    args.max_steps, len(idx))
   t0 = time.perf_counter()
   T.eval()
   with torch.no_grad():
@@ -126,10 +112,10 @@ def main():
   encode_s = time.perf_counter() - t0
   S = decoder()
   pairs = torch.arange(len(x_train))
-  dec = train_until(S, lambda i: ((S(z_train[i]) - x_train[i]) ** 2).mean(),
-                    lambda: ((S(z_held) - x_held) ** 2).mean(), pairs,
-                    idx[:args.dec_max_steps], args.lr, args.dec_threshold, args.check_every,
-                    args.max_steps)
+  dec = torch_until(S, lambda i: ((S(z_train[i]) - x_train[i]) ** 2).mean(),
+                    lambda: ((S(z_held) - x_held) ** 2).mean(), pairs, idx, args.lr,
+                    args.dec_threshold, args.check_every, args.max_steps,
+                    min(len(idx), args.dec_max_steps))
   print(json.dumps({"side": "torch", "lr": args.lr, "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "encoder": enc, "decoder": dec,
                     "encode_train_set_s": encode_s}))
