@@ -40,9 +40,8 @@ def _compile(fn, *args, donate=()):
 def _steps():
   """name -> (function of no arguments that runs one step and blocks)."""
   import jax
-  import jax.numpy as jnp
-  import ml_collections
   sys.path.insert(0, os.path.dirname(HERE))
+  from configs import fashion_mnist
   from gpe_jax import costs, models, train_loop
   from gpe_jax.stages import decoder, encoder
 
@@ -53,19 +52,16 @@ def _steps():
   z = jax.random.normal(key, (1000, 30))
   gme = _compile(jax.value_and_grad(costs.gme_cost, argnums=1), x, z)
 
-  model_cfg = ml_collections.ConfigDict(dict(
-      kind="conv", latent_dim=30, enc_features=(32, 64, 128), dec_features=(64, 32, 16),
-      batch_norm=True, extra_convs=0, dtype="float32", enc_kernel=3, dec_kernel=3))
-  stage = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.5, b2=0.999, grad_clip=0.0,
-                                         warmup_steps=0, lr_schedule="constant", num_steps=1))
+  config = fashion_mnist.get_config()   # the Fashion-MNIST nets and optimiser
+  model_cfg = config.model
   shape = (32, 32, 1)
   images = jax.random.uniform(key, (100,) + shape, minval=-1.0, maxval=1.0)
   enc = models.build_encoder(model_cfg, shape)
-  tx = train_loop.make_optimizer(stage)
+  tx = train_loop.make_optimizer(config.encoder)
   enc_state = [jax.jit(encoder.make_init_fn(enc, tx, shape))(key)]
   enc_step = _compile(encoder.make_train_step(enc, tx), enc_state[0], {"x": images}, donate=0)
   dec = models.build_decoder(model_cfg, shape)
-  dec_state = [jax.jit(decoder.make_init_fn(dec, tx, 30))(key)]
+  dec_state = [jax.jit(decoder.make_init_fn(dec, tx, model_cfg.latent_dim))(key)]
   codes = z[:100]
   dec_step = _compile(decoder.make_train_step(dec, tx), dec_state[0], {"z": codes, "x": images},
                       donate=0)

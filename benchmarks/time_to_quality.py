@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))   # configs/ and gpe_jax/ of this checkout
 HELD_OUT_BATCHES = 10
 BATCH = 100
 
@@ -49,7 +50,6 @@ def batch_indices(n: int, steps: int, seed: int) -> np.ndarray:
 
 def write_data(folder: str) -> dict:
   """Fashion-MNIST as gpe_jax loads it (32x32x1 in [-1, 1]) -> .npy files in ``folder``."""
-  sys.path.insert(0, os.path.dirname(HERE))
   from configs import fashion_mnist
   from gpe_jax.data import registry
   data = registry.load_dataset(fashion_mnist.get_config().data)
@@ -67,7 +67,6 @@ def write_data(folder: str) -> dict:
 def run_ours(args) -> dict:
   import jax
   import jax.numpy as jnp
-  sys.path.insert(0, os.path.dirname(HERE))
   from configs import fashion_mnist
   from gpe_jax import costs, models, train_loop
   from gpe_jax.stages import decoder, encoder

@@ -140,7 +140,9 @@ HELP: dict[str, str] = {
     "model.dec_features": "conv decoder: channels per level (each level doubles the resolution)",
     "model.batch_norm": "conv networks: BatchNorm after each convolution",
     "model.extra_convs": "conv encoder: extra stride-1 convolutions per level",
-    "model.enc_kernel": "conv encoder: kernel size of each level's stride-1 conv after space-to-depth (2: the receptive field of a 4x4 stride-2 conv; 3: of a 6x6)",
+    "model.enc_kernel": "conv encoder: kernel size of each level's stride-1 conv after "
+                        "space-to-depth (2: the receptive field of a 4x4 stride-2 conv; 3: "
+                        "of a 6x6)",
     "model.dec_kernel": "conv decoder: kernel size of its stride-1 convs",
     "model.dtype": "compute dtype of every network: float32 or bfloat16 (parameters and "
                    "losses stay float32)",

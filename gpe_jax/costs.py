@@ -84,6 +84,12 @@ def pairwise_sq_dists(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
   return d2
 
 
+def cross_sq_dists(na: jax.Array, nb: jax.Array, ab: jax.Array) -> jax.Array:
+  """|a_i - b_j|^2 = |a_i|^2 + |b_j|^2 - 2 a_i.b_j from the squared norms [n], [m] and the
+  Gram block ``ab`` [n, m], clamped at 0 (the block forms of the GME share it)."""
+  return jnp.maximum(na[:, None] + nb[None, :] - 2.0 * ab, 0.0)
+
+
 def log_distortion(x_sq: jax.Array, z_sq: jax.Array) -> jax.Array:
   """log(1 + |x-y|^2) - log(1 + |Tx-Ty|^2), elementwise on squared distances."""
   return jnp.log1p(x_sq) - jnp.log1p(z_sq)
@@ -160,9 +166,8 @@ def gme_cost_triangle(x: jax.Array, z: jax.Array, blocks: int = TRIANGLE_BLOCKS)
   edges = [round(i * n / blocks) for i in range(blocks + 1)]
   total = jnp.zeros((), x.dtype)
   for s, e in zip(edges[:-1], edges[1:]):
-    gx = jax.lax.optimization_barrier(gram(x[s:e], x[s:]))
-    dx = jnp.maximum(xn[s:e, None] + xn[None, s:] - 2.0 * gx, 0.0)
-    dz = jnp.maximum(zn[s:e, None] + zn[None, s:] - 2.0 * gram(z[s:e], z[s:]), 0.0)
+    dx = cross_sq_dists(xn[s:e], xn[s:], jax.lax.optimization_barrier(gram(x[s:e], x[s:])))
+    dz = cross_sq_dists(zn[s:e], zn[s:], gram(z[s:e], z[s:]))
     sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))
     b = e - s
     own = sq[:, :b] * (1.0 - jnp.eye(b, dtype=sq.dtype))  # diagonal pairs are 0 by definition
@@ -220,8 +225,8 @@ def gme_cost_blockwise(x: jax.Array, z: jax.Array, block: int = 256) -> jax.Arra
 
   def one_block(rows):
     xb, zb = xp[rows], zp[rows]
-    dx = jnp.maximum(xnp[rows][:, None] + xn[None, :] - 2.0 * gram(xb, x), 0.0)
-    dz = jnp.maximum(znp[rows][:, None] + zn[None, :] - 2.0 * gram(zb, z), 0.0)
+    dx = cross_sq_dists(xnp[rows], xn, gram(xb, x))
+    dz = cross_sq_dists(znp[rows], zn, gram(zb, z))
     off_diag = rows[:, None] != jnp.arange(n)[None, :]
     valid = (rows < n)[:, None] & off_diag
     sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))
@@ -265,8 +270,8 @@ def gme_cost_row_blocks(x: jax.Array, z: jax.Array, mesh, axis: str = "data") ->
     xa, za = jax.lax.all_gather(xl, axis, tiled=True), jax.lax.all_gather(zl, axis, tiled=True)
     xna = jax.lax.all_gather(xn, axis, tiled=True)
     zna = jax.lax.all_gather(zn, axis, tiled=True)
-    dx = jnp.maximum(xn[:, None] + xna[None, :] - 2.0 * gram(xl, xa), 0.0)
-    dz = jnp.maximum(zn[:, None] + zna[None, :] - 2.0 * gram(zl, za), 0.0)
+    dx = cross_sq_dists(xn, xna, gram(xl, xa))
+    dz = cross_sq_dists(zn, zna, gram(zl, za))
     rows = jax.lax.axis_index(axis) * local_rows + jnp.arange(local_rows)
     off_diag = rows[:, None] != jnp.arange(n)[None, :]
     sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))

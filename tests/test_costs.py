@@ -60,7 +60,8 @@ def test_triangle_equals_dense_value_gradient_and_hessian(n, blocks):
   gx = jax.jit(jax.grad(tri, argnums=0))(x, z)
   assert float(jnp.linalg.norm(gx - gx0)) <= 1e-6 * float(jnp.linalg.norm(gx0))
   u = jnp.asarray(np.random.default_rng(1).normal(size=z.shape), jnp.float32)
-  hvp = lambda f: jax.jit(lambda: jax.jvp(jax.grad(f, argnums=1), (x, z), (jnp.zeros_like(x), u))[1])()
+  hvp = lambda f: jax.jit(
+      lambda: jax.jvp(jax.grad(f, argnums=1), (x, z), (jnp.zeros_like(x), u))[1])()
   h0, h = hvp(costs.gme_cost_dense), hvp(tri)
   assert float(jnp.linalg.norm(h - h0)) <= 1e-5 * float(jnp.linalg.norm(h0))
 
