@@ -62,7 +62,8 @@ def optimiser(params, lr, steps):
   return opt, sched
 
 
-def torch_until(net, loss_fn, evaluate, rows, idx, lr, threshold, check_every, max_steps, n):
+def torch_until(net, loss_fn, evaluate, rows, idx, lr, threshold, check_every, max_steps, n,
+                to_end=False):
   """``time_to_quality.train_until`` over n Adam steps of ``net`` on ``loss_fn(rows[idx[i]])``
   (cosine decay over ``max_steps``); evaluation in eval mode without gradients."""
   opt, sched = optimiser(net.parameters(), lr, max_steps)
@@ -78,7 +79,7 @@ def torch_until(net, loss_fn, evaluate, rows, idx, lr, threshold, check_every, m
     net.eval()
     with torch.no_grad():
       return evaluate()
-  return train_until(run_step, lambda: None, held_out, n, threshold, check_every)
+  return train_until(run_step, lambda: None, held_out, n, threshold, check_every, to_end)
 
 
 def main():
@@ -91,6 +92,7 @@ def main():
   p.add_argument("--dec_max_steps", type=int, required=True)
   p.add_argument("--check_every", type=int, required=True)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--to_end", action="store_true")
   args = p.parse_args()
   torch.manual_seed(args.seed)
   to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
@@ -103,7 +105,7 @@ def main():
   enc = torch_until(T, lambda x: gme(x, T(x)),
                     lambda: torch.stack([gme(b, T(b)) for b in held]).mean(),
                     x_train, idx, args.lr, args.enc_threshold, args.check_every,
-                    args.max_steps, len(idx))
+                    args.max_steps, len(idx), args.to_end)
   t0 = time.perf_counter()
   T.eval()
   with torch.no_grad():
@@ -115,7 +117,7 @@ def main():
   dec = torch_until(S, lambda i: ((S(z_train[i]) - x_train[i]) ** 2).mean(),
                     lambda: ((S(z_held) - x_held) ** 2).mean(), pairs, idx, args.lr,
                     args.dec_threshold, args.check_every, args.max_steps,
-                    min(len(idx), args.dec_max_steps))
+                    min(len(idx), args.dec_max_steps), args.to_end)
   print(json.dumps({"side": "torch", "lr": args.lr, "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "encoder": enc, "decoder": dec,
                     "encode_train_set_s": encode_s}))

@@ -74,6 +74,9 @@ def run_ours(args) -> dict:
   config = fashion_mnist.get_config()
   config.model.enc_kernel = args.enc_kernel
   config.model.dec_kernel = args.dec_kernel
+  config.model.extra_convs = args.extra_convs
+  if args.enc_features:
+    config.model.enc_features = tuple(int(v) for v in args.enc_features.split(","))
   if args.dec_features:
     config.model.dec_features = tuple(int(v) for v in args.dec_features.split(","))
   config.encoder.update(num_steps=args.max_steps, lr=args.lr)
@@ -95,7 +98,8 @@ def run_ours(args) -> dict:
 
   holder, run_step, sync, evaluate = _jax_loop(step, state, held_gme, x_train, idx,
                                                lambda b: {"x": b})
-  enc = train_until(run_step, sync, evaluate, len(idx), args.enc_threshold, args.check_every)
+  enc = train_until(run_step, sync, evaluate, len(idx), args.enc_threshold, args.check_every,
+                    args.to_end)
   state = holder[0]
 
   t0 = time.perf_counter()
@@ -123,21 +127,24 @@ def run_ours(args) -> dict:
       dstep, dstate, held_mse, paired, idx,
       lambda b: {"z": b[:, :d], "x": b[:, d:].reshape(len(b), *shape)})
   dec = train_until(run_step, sync, evaluate, min(len(idx), args.dec_max_steps),
-                    args.dec_threshold, args.check_every)
-  return {"side": "gpe_jax", "lr": args.lr, "enc_kernel": args.enc_kernel,
+                    args.dec_threshold, args.check_every, args.to_end)
+  return {"side": "gpe_jax", "lr": args.lr, "enc_kernel": args.enc_kernel, "enc_features": list(config.model.enc_features),
+          "extra_convs": args.extra_convs,
           "dec_kernel": args.dec_kernel, "dec_features": list(config.model.dec_features),
           "jax": jax.__version__, "backend": jax.default_backend(), "encoder": enc,
           "decoder": dec, "encode_train_set_s": encode_s}
 
 
-def train_until(run_step, sync, evaluate, n: int, threshold: float, check_every: int) -> dict:
+def train_until(run_step, sync, evaluate, n: int, threshold: float, check_every: int,
+                to_end: bool = False) -> dict:
   """Runs ``run_step(i)`` for i < n until ``evaluate() <= threshold`` (checked every
-  ``check_every`` steps). The clock runs over the steps only: the first step (compilation) and
+  ``check_every`` steps; with ``to_end`` all n steps run, the first crossing is recorded and
+  ``final`` is the value after step n). The clock runs over the steps only: the first step (compilation) and
   the checks are timed apart. ``sync()`` waits for the dispatched work (JAX dispatches
   asynchronously, so the next batch is gathered on the host while a step runs; nothing is
   fetched from the device between checks). Shared by both sides."""
   train_s = eval_s = 0.0
-  first_s, history, reached = None, [], None
+  first_s, history, reached, reached_s = None, [], None, None
   t0 = time.perf_counter()
   for i in range(n):
     run_step(i)
@@ -152,13 +159,14 @@ def train_until(run_step, sync, evaluate, n: int, threshold: float, check_every:
       value = float(evaluate())
       eval_s += time.perf_counter() - te
       history.append([i + 1, round(train_s, 3), value])
-      if value <= threshold:
-        reached = i + 1
-        break
+      if value <= threshold and reached is None:
+        reached, reached_s = i + 1, train_s
+        if not to_end:
+          break
       t0 = time.perf_counter()
   steps = history[-1][0]
   return {"threshold": threshold, "reached_at_step": reached,
-          "seconds_to_threshold": round(train_s, 3) if reached else None,
+          "seconds_to_threshold": round(reached_s, 3) if reached else None,
           "steps": steps, "train_s": round(train_s, 3),
           "s_per_step": round(train_s / max(1, steps - 1), 5), "first_step_s": round(first_s, 3),
           "eval_s": round(eval_s, 3), "final": history[-1][2], "history": history}
@@ -192,12 +200,18 @@ def main(argv=None) -> None:
   p.add_argument("--enc_kernel", type=int, default=3)
   p.add_argument("--dec_kernel", type=int, default=3)
   p.add_argument("--dec_features", default="", help="gpe_jax decoder widths (default: config)")
+  p.add_argument("--enc_features", default="", help="gpe_jax encoder widths (default: config)")
+  p.add_argument("--extra_convs", type=int, default=0, help="gpe_jax's model.extra_convs")
   p.add_argument("--enc_threshold", type=float, default=0.004)
   p.add_argument("--dec_threshold", type=float, default=0.03)
   p.add_argument("--max_steps", type=int, default=3000)
   p.add_argument("--dec_max_steps", type=int, default=0,
                  help="cap on the decoder's steps (default: --max_steps); its cosine decay still spans --max_steps")
   p.add_argument("--check_every", type=int, default=100)
+  p.add_argument("--ours_max_steps", type=int, default=0,
+                 help="gpe_jax's schedule length (its config's num_steps; default: --max_steps)")
+  p.add_argument("--to_end", action="store_true",
+                 help="train every step after the threshold too, to report the final values")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   args.dec_max_steps = args.dec_max_steps or args.max_steps
@@ -209,18 +223,23 @@ def main(argv=None) -> None:
                      "processor": platform.processor() or platform.machine(),
                      "python": platform.python_version()},
          "protocol": {k: getattr(args, k) for k in ("enc_threshold", "dec_threshold",
-                                                    "max_steps", "dec_max_steps", "check_every",
-                                                    "seed")},
+                                                    "max_steps", "ours_max_steps",
+                                                    "dec_max_steps", "check_every", "seed",
+                                                    "to_end")},
          "runs": []}
   with tempfile.TemporaryDirectory() as folder:
     out["data"] = write_data(folder)
     common = [f"--data={folder}", f"--enc_threshold={args.enc_threshold}",
               f"--dec_threshold={args.dec_threshold}", f"--max_steps={args.max_steps}",
               f"--dec_max_steps={args.dec_max_steps}",
-              f"--check_every={args.check_every}", f"--seed={args.seed}"]
+              f"--check_every={args.check_every}", f"--seed={args.seed}"] + (
+                  ["--to_end"] if args.to_end else [])
+    ours_steps = args.ours_max_steps or args.max_steps
     ours = [[sys.executable, os.path.abspath(__file__), "--side=ours", f"--lr={args.lr}",
              f"--enc_kernel={k}", f"--dec_kernel={args.dec_kernel}",
-             f"--dec_features={args.dec_features}"] + common
+             f"--dec_features={args.dec_features}", f"--enc_features={args.enc_features}",
+             f"--extra_convs={args.extra_convs}"]
+            + [f"--max_steps={ours_steps}" if c.startswith("--max_steps=") else c for c in common]
             for k in args.enc_kernels.split(",")]
     peer = [[args.peer_python, os.path.join(HERE, "peer_time_to_quality.py"), f"--lr={lr}"]
             + common for lr in args.peer_lrs.split(",")] if args.peer_python else []

@@ -38,6 +38,37 @@ def test_encoder_decoder_shapes(shape, kind):
   assert models.apply_model(vae, p, s, jnp.zeros((3,) + shape), train=False)[0].shape == (3, 12)
 
 
+def test_kernel_one_encoder_is_a_one_by_one_convolution():
+  """``model.enc_kernel=1`` maps each 2x2 patch with a dense product: the same function as
+  the 1x1 convolution it replaces (weights reshaped), at every level and with BatchNorm."""
+  import flax.linen as nn
+
+  cfg = model_cfg()
+  cfg.enc_kernel = 1
+  shape = (8, 8, 3)
+  enc = models.build_encoder(cfg, shape)
+  p, s = models.init_variables(enc, jax.random.key(0), shape)
+  x = jax.random.normal(jax.random.key(1), (5,) + shape)
+  z, _ = models.apply_model(enc, p, s, x, train=False)
+  assert z.shape == (5, 6)
+  dense = sorted(k for k in p if k.startswith("Dense"))
+  assert len(dense) == 3 and not any(k.startswith("Conv") for k in p)   # 2 levels + the head
+
+  h = x  # the same network written with 1x1 convolutions, from the same weights
+  for i, f in enumerate(cfg.enc_features):
+    h = models.space_to_depth(h)
+    w = p[f"Dense_{i}"]
+    h = nn.Conv(f, (1, 1)).apply({"params": {"kernel": w["kernel"][None, None],
+                                             "bias": w["bias"]}}, h)
+    h = jax.nn.leaky_relu(h, 0.2)
+    if i % 2 == 0:
+      bn = s[f"BatchNorm_{i // 2}"]
+      h = (h - bn["mean"]) / jnp.sqrt(bn["var"] + 1e-5) * p[f"BatchNorm_{i // 2}"]["scale"] \
+          + p[f"BatchNorm_{i // 2}"]["bias"]
+  want = h.reshape(5, -1) @ p["Dense_2"]["kernel"]
+  np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_on_vectors_is_a_clear_error():
   with pytest.raises(ValueError, match="kind=mlp"):
     models.build_encoder(model_cfg("conv"), (500,))

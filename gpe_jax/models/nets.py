@@ -113,8 +113,9 @@ class MLPDecoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-  """Image encoder: per level, space-to-depth then a 3x3 conv (stride 1), LeakyReLU(0.2),
-  BatchNorm on every ``norm_every``-th level; then flatten and a dense map to the latent.
+  """Image encoder: per level, space-to-depth then a ``kernel`` x ``kernel`` conv (stride 1;
+  3 by default, 2 covers the paper's 4x4 stride-2 receptive field, 1 maps each 2x2 patch),
+  LeakyReLU(0.2), BatchNorm on every other level; then flatten and a dense map to the latent.
 
   x [B, H, W, C] -> z [B, latent_dim * out_mult]. H and W must be divisible by
   2**len(features). ``final_bias`` as in MLPEncoder.
@@ -132,12 +133,19 @@ class ConvEncoder(nn.Module):
   def __call__(self, x, train: bool = False):
     h = x
     k = (self.kernel, self.kernel)
+
+    def conv(f):
+      # kernel 1: a dense map of each 2x2 patch's channels, written as a matrix product (on
+      # XLA:CPU a 1x1 convolution's step measured about 1.5x the same product's)
+      if self.kernel == 1:
+        return nn.Dense(f, dtype=self.dtype)
+      return nn.Conv(f, k, padding="SAME", dtype=self.dtype)
+
     for i, f in enumerate(self.features):
       h = space_to_depth(h)
-      h = nn.Conv(f, k, padding="SAME", dtype=self.dtype)(h)
-      h = _act(h)
+      h = _act(conv(f)(h))
       for _ in range(self.extra_convs):
-        h = _act(nn.Conv(f, k, padding="SAME", dtype=self.dtype)(h))
+        h = _act(conv(f)(h))
       if self.batch_norm and i % 2 == 0:
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          dtype=norm_dtype(self.dtype))(h)
