@@ -128,8 +128,8 @@ def run_ours(args) -> dict:
       lambda b: {"z": b[:, :d], "x": b[:, d:].reshape(len(b), *shape)})
   dec = train_until(run_step, sync, evaluate, min(len(idx), args.dec_max_steps),
                     args.dec_threshold, args.check_every, args.to_end)
-  return {"side": "gpe_jax", "lr": args.lr, "enc_kernel": args.enc_kernel, "enc_features": list(config.model.enc_features),
-          "extra_convs": args.extra_convs,
+  return {"side": "gpe_jax", "lr": args.lr, "enc_kernel": args.enc_kernel,
+          "enc_features": list(config.model.enc_features), "extra_convs": args.extra_convs,
           "dec_kernel": args.dec_kernel, "dec_features": list(config.model.dec_features),
           "jax": jax.__version__, "backend": jax.default_backend(), "encoder": enc,
           "decoder": dec, "encode_train_set_s": encode_s}
@@ -139,8 +139,8 @@ def train_until(run_step, sync, evaluate, n: int, threshold: float, check_every:
                 to_end: bool = False) -> dict:
   """Runs ``run_step(i)`` for i < n until ``evaluate() <= threshold`` (checked every
   ``check_every`` steps; with ``to_end`` all n steps run, the first crossing is recorded and
-  ``final`` is the value after step n). The clock runs over the steps only: the first step (compilation) and
-  the checks are timed apart. ``sync()`` waits for the dispatched work (JAX dispatches
+  ``final`` is the value after step n). The clock runs over the steps only: the first step
+  (compilation) and the checks are timed apart. ``sync()`` waits for the dispatched work (JAX dispatches
   asynchronously, so the next batch is gathered on the host while a step runs; nothing is
   fetched from the device between checks). Shared by both sides."""
   train_s = eval_s = 0.0
@@ -229,20 +229,19 @@ def main(argv=None) -> None:
          "runs": []}
   with tempfile.TemporaryDirectory() as folder:
     out["data"] = write_data(folder)
-    common = [f"--data={folder}", f"--enc_threshold={args.enc_threshold}",
-              f"--dec_threshold={args.dec_threshold}", f"--max_steps={args.max_steps}",
+    def common(max_steps):
+      return [f"--data={folder}", f"--enc_threshold={args.enc_threshold}",
+              f"--dec_threshold={args.dec_threshold}", f"--max_steps={max_steps}",
               f"--dec_max_steps={args.dec_max_steps}",
               f"--check_every={args.check_every}", f"--seed={args.seed}"] + (
                   ["--to_end"] if args.to_end else [])
-    ours_steps = args.ours_max_steps or args.max_steps
     ours = [[sys.executable, os.path.abspath(__file__), "--side=ours", f"--lr={args.lr}",
              f"--enc_kernel={k}", f"--dec_kernel={args.dec_kernel}",
              f"--dec_features={args.dec_features}", f"--enc_features={args.enc_features}",
-             f"--extra_convs={args.extra_convs}"]
-            + [f"--max_steps={ours_steps}" if c.startswith("--max_steps=") else c for c in common]
+             f"--extra_convs={args.extra_convs}"] + common(args.ours_max_steps or args.max_steps)
             for k in args.enc_kernels.split(",")]
     peer = [[args.peer_python, os.path.join(HERE, "peer_time_to_quality.py"), f"--lr={lr}"]
-            + common for lr in args.peer_lrs.split(",")] if args.peer_python else []
+            + common(args.max_steps) for lr in args.peer_lrs.split(",")] if args.peer_python else []
     order = []
     for i in range(max(len(ours), len(peer))):   # alternate the two sides
       order += ours[i:i + 1] + peer[i:i + 1]

@@ -97,8 +97,8 @@ def log_distortion(x_sq: jax.Array, z_sq: jax.Array) -> jax.Array:
   Computed as log((1 + x_sq) / (1 + z_sq)): one logarithm instead of two (the pair terms are
   most of the GME's elementwise work), within a few float32 ulps of 1 plus the result's own
   rounding whatever the distances (the difference of two logarithms errs by an ulp of each,
-  up to 9e-7 at distances of 1e4; tests/test_costs.py). The derivative is written out (1 / (1 + x_sq), -1 / (1 + z_sq)) so that
-  the backward pass is as lean as the forward.
+  up to 9e-7 at distances of 1e4; tests/test_costs.py). The derivative is written out
+  (1 / (1 + x_sq), -1 / (1 + z_sq)) so that the backward pass is as lean as the forward.
   """
   return jnp.log((1.0 + x_sq) / (1.0 + z_sq))
 

@@ -136,7 +136,7 @@ class ConvEncoder(nn.Module):
 
     def conv(f):
       # kernel 1: a dense map of each 2x2 patch's channels, written as a matrix product (on
-      # XLA:CPU a 1x1 convolution's step measured about 1.5x the same product's)
+      # XLA:CPU a 1x1 convolution's gradient measured 1.5x the same product's)
       if self.kernel == 1:
         return nn.Dense(f, dtype=self.dtype)
       return nn.Conv(f, k, padding="SAME", dtype=self.dtype)
