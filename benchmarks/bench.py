@@ -20,7 +20,13 @@ and the median wall-clock seconds of each measured operation:
                                   (``prior.make_train_step``, EMA on), MLP 3x512, latent 30;
   sample_heun25_b500_s            500 latents through that prior with 25 Heun steps (50 NFE);
   frechet_F2048_s                 the jitted float32 ``frechet_distance`` at 2048-D (two eighs);
-  frechet_np64_F2048_s            the float64 NumPy path at 2048-D.
+  frechet_np64_F2048_s            the float64 NumPy path at 2048-D;
+  encparts_*                      (only when named) where the Fashion-MNIST config's encoder
+                                  step spends its time: the whole step, the net's forward, the
+                                  net's gradient under a plain sum-of-squares loss, the GME at
+                                  n = 100 alone, the Adam update alone, the net's gradient
+                                  without BatchNorm, and the step's XLA cost analysis (GFLOP
+                                  and GFLOP/s).
 
 With no positional argument all of gme, enc, dec and prior run. Compilation is excluded (warm-up
 calls), every timed call ends with ``jax.block_until_ready`` on its outputs, and training
@@ -50,7 +56,7 @@ from gpe_jax import costs, models, train_loop  # noqa: E402
 
 GME_SIZES = ((100, 1024, 30), (1000, 1024, 30), (2000, 3072, 100))
 BLOCKWISE_SIZES = GME_SIZES[1:]
-BENCHMARKS = ("gme", "enc", "dec", "prior", "hessian")
+BENCHMARKS = ("gme", "enc", "dec", "prior", "hessian", "encparts")
 BATCH = 100
 IMAGE_SHAPE = (32, 32, 1)   # MNIST padded to 32x32, NHWC
 LATENT_DIM = 30
@@ -235,6 +241,49 @@ def bench_dec(iters: int, variants: bool, variant_iters: int) -> dict:
   return out
 
 
+def bench_encparts(iters: int) -> dict:
+  """The Fashion-MNIST config's encoder step (batch 100) taken apart: which part limits it."""
+  import optax
+  from configs import fashion_mnist
+  from gpe_jax.stages import encoder
+  config = fashion_mnist.get_config()
+  x = image_batch(jax.random.key(1))
+  model, tx = encoder.build(config, IMAGE_SHAPE)
+  init = encoder.make_init_fn(model, tx, IMAGE_SHAPE)
+  state = jax.jit(init)(jax.random.key(0))
+  out = {"encparts_step_s": time_train_step(encoder.make_train_step(model, tx), init,
+                                            {"x": x}, iters)}
+  params, stats = state.params, state.batch_stats
+
+  def net(p, x):
+    return models.apply_model(model, p, stats, x, train=True)[0]
+
+  forward = jax.jit(net)
+  net_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(net(p, x)))))
+  z = forward(params, x)
+  gme = jax.jit(jax.value_and_grad(costs.gme_cost, argnums=1))
+  grads = net_grad(params, x)
+  adam = jax.jit(lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]))
+  out["encparts_forward_s"] = median_seconds(lambda: forward(params, x), iters)
+  out["encparts_net_grad_s"] = median_seconds(lambda: net_grad(params, x), iters)
+  out["encparts_gme_n100_s"] = median_seconds(lambda: gme(x, z), iters)
+  out["encparts_adam_s"] = median_seconds(lambda: adam(grads, state.opt_state, params), iters)
+  config.model.batch_norm = False   # the same net without its BatchNorm layers
+  plain, _ = encoder.build(config, IMAGE_SHAPE)
+  plain_params = jax.jit(plain.init)(jax.random.key(0), x)["params"]
+  plain_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(plain.apply({"params": p}, x)))))
+  out["encparts_net_grad_no_batchnorm_s"] = median_seconds(lambda: plain_grad(plain_params, x),
+                                                           iters)
+  step = jax.jit(encoder.make_train_step(model, tx)).lower(state, {"x": x}).compile()
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0))
+  out["encparts_step_gflop"] = flops / 1e9
+  out["encparts_step_gflops"] = flops / 1e9 / out["encparts_step_s"]
+  out["encparts_params"] = int(sum(v.size for v in jax.tree.leaves(params)))
+  return out
+
+
 def bench_prior(iters: int) -> dict:
   """The prior stage's train step, sampling through it, and the Frechet distance."""
   import numpy as np
@@ -301,7 +350,7 @@ def environment() -> dict:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec,prior,hessian}",
+  parser.add_argument("which", nargs="*", metavar="{gme,enc,dec,prior,hessian,encparts}",
                       help="benchmarks to run (default: all)")
   parser.add_argument("--variants", action="store_true",
                       help="also time the paper-style strided / ConvTranspose layers")
@@ -309,7 +358,7 @@ def main(argv=None) -> None:
                       help="timed iterations (default: 10 for gme and the --variants steps, "
                            "20 for the codebase's steps)")
   args = parser.parse_args(argv)
-  which = args.which or list(BENCHMARKS)
+  which = args.which or [b for b in BENCHMARKS if b != "encparts"]
   unknown = sorted(set(which) - set(BENCHMARKS))
   if unknown:  # checked here: argparse's choices reject an empty nargs="*" list on 3.11
     parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
@@ -324,6 +373,8 @@ def main(argv=None) -> None:
     out.update(bench_prior(args.iters or 20))
   if "hessian" in which:
     out.update(bench_hessian(args.iters or 10))
+  if "encparts" in which:
+    out.update(bench_encparts(args.iters or 20))
   print(json.dumps(out))
 
 

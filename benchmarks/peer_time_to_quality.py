@@ -86,6 +86,7 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--data", required=True)
   p.add_argument("--lr", type=float, required=True)
+  p.add_argument("--dec_lr", type=float, default=0.0, help="the decoder's lr (default: --lr)")
   p.add_argument("--enc_threshold", type=float, required=True)
   p.add_argument("--dec_threshold", type=float, required=True)
   p.add_argument("--max_steps", type=int, required=True)
@@ -94,6 +95,7 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--to_end", action="store_true")
   args = p.parse_args()
+  args.dec_lr = args.dec_lr or args.lr
   torch.manual_seed(args.seed)
   to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
   x_train = to_nchw(np.load(os.path.join(args.data, "x_train.npy")))
@@ -115,10 +117,10 @@ def main():
   S = decoder()
   pairs = torch.arange(len(x_train))
   dec = torch_until(S, lambda i: ((S(z_train[i]) - x_train[i]) ** 2).mean(),
-                    lambda: ((S(z_held) - x_held) ** 2).mean(), pairs, idx, args.lr,
+                    lambda: ((S(z_held) - x_held) ** 2).mean(), pairs, idx, args.dec_lr,
                     args.dec_threshold, args.check_every, args.max_steps,
                     min(len(idx), args.dec_max_steps), args.to_end)
-  print(json.dumps({"side": "torch", "lr": args.lr, "torch": torch.__version__,
+  print(json.dumps({"side": "torch", "lr": args.lr, "dec_lr": args.dec_lr, "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "encoder": enc, "decoder": dec,
                     "encode_train_set_s": encode_s}))
 

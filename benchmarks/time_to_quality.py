@@ -80,7 +80,8 @@ def run_ours(args) -> dict:
   if args.dec_features:
     config.model.dec_features = tuple(int(v) for v in args.dec_features.split(","))
   config.encoder.update(num_steps=args.max_steps, lr=args.lr)
-  config.decoder.update(num_steps=args.max_steps, lr=args.lr)
+  config.decoder.update(num_steps=args.dec_schedule or args.max_steps,
+                        lr=args.dec_lr or config.decoder.lr)
   x_train = np.load(os.path.join(args.data, "x_train.npy"))
   x_held = jnp.asarray(np.load(os.path.join(args.data, "x_held.npy")))
   shape = x_train.shape[1:]
@@ -128,7 +129,8 @@ def run_ours(args) -> dict:
       lambda b: {"z": b[:, :d], "x": b[:, d:].reshape(len(b), *shape)})
   dec = train_until(run_step, sync, evaluate, min(len(idx), args.dec_max_steps),
                     args.dec_threshold, args.check_every, args.to_end)
-  return {"side": "gpe_jax", "lr": args.lr, "enc_kernel": args.enc_kernel,
+  return {"side": "gpe_jax", "lr": args.lr, "dec_lr": config.decoder.lr,
+          "dec_schedule": config.decoder.num_steps, "enc_kernel": args.enc_kernel,
           "enc_features": list(config.model.enc_features), "extra_convs": args.extra_convs,
           "dec_kernel": args.dec_kernel, "dec_features": list(config.model.dec_features),
           "jax": jax.__version__, "backend": jax.default_backend(), "encoder": enc,
@@ -195,9 +197,14 @@ def main(argv=None) -> None:
                                                        "python"),
                  help="a Python with torch (skip the peer with --peer_python='')")
   p.add_argument("--peer_lrs", default="1e-4,3e-4,1e-3")
-  p.add_argument("--lr", type=float, default=1e-3, help="gpe_jax's lr (cosine decay)")
-  p.add_argument("--enc_kernels", default="3", help="gpe_jax encoder kernels to run, e.g. 3,2")
-  p.add_argument("--enc_kernel", type=int, default=3)
+  p.add_argument("--lr", type=float, default=2e-3, help="gpe_jax's encoder lr (cosine decay)")
+  p.add_argument("--dec_lr", type=float, default=0.0,
+                 help="gpe_jax's decoder lr (default: the Fashion-MNIST config's)")
+  p.add_argument("--peer_dec_lrs", default="",
+                 help="decoder lrs of the peer, each after an encoder at the first of --peer_lrs "
+                      "(default: each peer run's decoder at its encoder's lr)")
+  p.add_argument("--enc_kernels", default="1", help="gpe_jax encoder kernels to run, e.g. 1,2")
+  p.add_argument("--enc_kernel", type=int, default=1)
   p.add_argument("--dec_kernel", type=int, default=3)
   p.add_argument("--dec_features", default="", help="gpe_jax decoder widths (default: config)")
   p.add_argument("--enc_features", default="", help="gpe_jax encoder widths (default: config)")
@@ -208,8 +215,11 @@ def main(argv=None) -> None:
   p.add_argument("--dec_max_steps", type=int, default=0,
                  help="cap on the decoder's steps (default: --max_steps); its cosine decay still spans --max_steps")
   p.add_argument("--check_every", type=int, default=100)
-  p.add_argument("--ours_max_steps", type=int, default=0,
-                 help="gpe_jax's schedule length (its config's num_steps; default: --max_steps)")
+  p.add_argument("--ours_max_steps", type=int, default=8000,
+                 help="gpe_jax's encoder schedule (the Fashion-MNIST config's num_steps; 0: "
+                      "--max_steps)")
+  p.add_argument("--dec_schedule", type=int, default=0,
+                 help="(side=ours) the decoder's cosine length; the driver passes --max_steps")
   p.add_argument("--to_end", action="store_true",
                  help="train every step after the threshold too, to report the final values")
   p.add_argument("--seed", type=int, default=0)
@@ -236,17 +246,22 @@ def main(argv=None) -> None:
               f"--check_every={args.check_every}", f"--seed={args.seed}"] + (
                   ["--to_end"] if args.to_end else [])
     ours = [[sys.executable, os.path.abspath(__file__), "--side=ours", f"--lr={args.lr}",
+             f"--dec_lr={args.dec_lr}", f"--dec_schedule={args.max_steps}",
              f"--enc_kernel={k}", f"--dec_kernel={args.dec_kernel}",
              f"--dec_features={args.dec_features}", f"--enc_features={args.enc_features}",
              f"--extra_convs={args.extra_convs}"] + common(args.ours_max_steps or args.max_steps)
             for k in args.enc_kernels.split(",")]
-    peer = [[args.peer_python, os.path.join(HERE, "peer_time_to_quality.py"), f"--lr={lr}"]
-            + common(args.max_steps) for lr in args.peer_lrs.split(",")] if args.peer_python else []
+    peer_lrs = args.peer_lrs.split(",")
+    pairs = ([(peer_lrs[0], d) for d in args.peer_dec_lrs.split(",")] if args.peer_dec_lrs
+             else [(lr, lr) for lr in peer_lrs])
+    peer = [[args.peer_python, os.path.join(HERE, "peer_time_to_quality.py"), f"--lr={lr}",
+             f"--dec_lr={dec_lr}"] + common(args.max_steps)
+            for lr, dec_lr in pairs] if args.peer_python else []
     order = []
     for i in range(max(len(ours), len(peer))):   # alternate the two sides
       order += ours[i:i + 1] + peer[i:i + 1]
     for cmd in order:
-      print("running:", " ".join(cmd[1:3]), cmd[3], file=sys.stderr, flush=True)
+      print("running:", " ".join(cmd[1:3]), *cmd[3:5], file=sys.stderr, flush=True)
       res = subprocess.run(cmd, capture_output=True, text=True)
       if res.returncode:
         out["runs"].append({"cmd": cmd[1:], "error": res.stderr[-2000:]})
@@ -260,7 +275,8 @@ def summary(run: dict) -> dict:
   if "error" in run:
     return run
   keys = ("seconds_to_threshold", "reached_at_step", "s_per_step", "final")
-  return {"side": run["side"], "lr": run["lr"], "enc_kernel": run.get("enc_kernel"),
+  return {"side": run["side"], "lr": run["lr"], "dec_lr": run.get("dec_lr"),
+          "enc_kernel": run.get("enc_kernel"),
           "encoder": {k: run["encoder"][k] for k in keys},
           "decoder": {k: run["decoder"][k] for k in keys}}
 
