@@ -70,6 +70,17 @@ def test_digits_shapes_range_labels_and_split():
   assert np.bincount(labels).tolist() == np.bincount(raw.target).tolist()
 
 
+def test_digits_arrays_are_sklearns_load_digits():
+  """The bundled CSV read directly gives exactly what sklearn.datasets.load_digits() does."""
+  from sklearn.datasets import load_digits
+  from gpe_jax.data import sources
+  images, target = sources.digits_arrays()
+  raw = load_digits()
+  assert images.dtype == raw.images.dtype and images.shape == raw.images.shape
+  np.testing.assert_array_equal(images, raw.images)
+  np.testing.assert_array_equal(target, raw.target)
+
+
 def test_digits_split_is_deterministic_in_split_seed():
   a = load_dataset(default_data_config(split_seed=3))
   b = load_dataset(default_data_config(split_seed=3))

@@ -196,15 +196,30 @@ def image_splits(cfg, name: str, train_store, train_idx: np.ndarray, test_store,
 # --------------------------------------------------------------------------------------
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's digits, ``(images [1797, 8, 8] float64, target [1797] int)``, exactly what
+  ``sklearn.datasets.load_digits()`` returns, read from the CSV file scikit-learn bundles: the
+  import of scikit-learn itself takes 1-2 s, longer than the rest of a digits smoke run's data
+  step (tests/test_data.py compares the two)."""
+  spec = importlib.util.find_spec('sklearn')
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(folder, 'datasets', 'data', 'digits.csv.gz')
+    if os.path.exists(path):
+      table = np.loadtxt(path, delimiter=',')
+      return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+  from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
+  digits = sk_datasets.load_digits()
+  return digits.images, digits.target
+
+
 def load_digits(cfg, name: str = 'digits') -> Dataset:
   """scikit-learn's bundled 1,797 8x8 digits (values 0..16) as ``[N, 8, 8, 1]`` in [-1, 1].
 
   The held-out split is the last ``num_held_out`` rows of a ``split_seed`` permutation.
   """
-  from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
-  digits = sk_datasets.load_digits()
-  x = (digits.images.astype(np.float32) / np.float32(16.0) * 2 - 1)[..., None]
-  y = digits.target.astype(np.int32)
+  images, target = digits_arrays()
+  x = (images.astype(np.float32) / np.float32(16.0) * 2 - 1)[..., None]
+  y = target.astype(np.int32)
   require_memory(cfg, name, x.shape[0], x.shape[1:], 'the bundled digits')
   train, test = _cfg_split(cfg, name, x.shape[0])
   return Dataset(name=name, x_train=_images(x[train], cfg, name),
