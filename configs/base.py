@@ -196,9 +196,12 @@ def get_config():
   # process (1: one after another; more pays on CPUs for small networks, not on one GPU).
   # seeds: the seeds of experiments that repeat runs (GAN experiments); methods: the GAN
   # methods they compare (() = every registered one); variants: gan_robustness's
-  # architecture variants (() = all).
-  config.experiments = ml_collections.ConfigDict(dict(workers=1, seeds=(0, 1, 2, 3, 4),
-                                                      methods=(), variants=()))
+  # architecture variants (() = all). vae_betas: table1_beta's KL weights of the VAE (3.4 ~ the
+  # authors' 0.1 D / d at D = 1024, d = 30); lrs: fig8_protocol's learning-rate grid per method;
+  # gme_stop: fig8_protocol's GPE encoder stop (encoder.target_loss; the paper's MNIST 0.004).
+  config.experiments = ml_collections.ConfigDict(dict(
+      workers=1, seeds=(0, 1, 2, 3, 4), methods=(), variants=(),
+      vae_betas=(0.1, 1.0, 3.4, 10.0, 30.0, 100.0), lrs=(3e-4, 1e-3, 3e-3), gme_stop=0.004))
 
   config.eval = e = ml_collections.ConfigDict()
   e.num_examples = 1000          # held-out examples per periodic evaluation (0 = all)
@@ -244,6 +247,8 @@ def smoke(config, steps=4):
   config.probes.gd_steps = 20
   config.probes.alphas = (1.1, 1.5, 2.0)
   config.experiments.seeds = (0,)   # a smoke run checks that an experiment runs, once
+  config.experiments.vae_betas = (1.0, 30.0)
+  config.experiments.lrs = (1e-3, 3e-3)
   return config
 
 

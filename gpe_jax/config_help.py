@@ -234,9 +234,13 @@ HELP: dict[str, str] = {
     "probes.alphas": "probe (d): the bi-Lipschitz levels alpha",
     # experiments
     "experiments.workers": "variants run at a time, each in its own process",
-    "experiments.seeds": "seeds of the experiments that repeat runs (GAN experiments)",
+    "experiments.seeds": "seeds of the experiments that repeat runs (GAN experiments, fig8_protocol)",
     "experiments.methods": "GAN methods compared (() = every registered one)",
     "experiments.variants": "gan_robustness: architecture variants (() = all)",
+    "experiments.vae_betas": "table1_beta: the VAE KL weights swept (beta of config.vae)",
+    "experiments.lrs": "fig8_protocol: learning-rate grid each method picks its own from",
+    "experiments.gme_stop": "fig8_protocol: the GPE encoder stops at this held-out GME "
+                            "(encoder.target_loss)",
     # eval (held-out evaluations during and after training)
     "eval.num_examples": "held-out examples per periodic evaluation (0 = all)",
     "eval.geometry_points": "held-out points of the final geometry metrics (all pairs)",

@@ -101,3 +101,45 @@ def test_pick_stops_log_levels():
   # A curve that gets worse still yields valid, distinct stops.
   worse = encoders.pick_stops(np.array([1, 2]), np.array([1.0, 2.0]), (0.0, 0.5, 1.0))
   assert [s["step"] for s in worse] == [1, 2]
+
+
+def test_table1_beta_sweep_smoke(tmp_path):
+  """Table 1 against the VAE's KL weight: one VAE per beta (its variant's config says which),
+  one decoder per frozen encoder, thresholds from the GPE decoder."""
+  numbers = _run_experiment("table1_beta", tmp_path)
+  betas = numbers["betas"]
+  assert betas == [1.0, 30.0]   # the smoke sweep (configs/base.py)
+  rows = numbers["encoders"]
+  gpe = [r for r in rows.values() if r["method"] == "gpe"]
+  assert len(gpe) == 1 and gpe[0]["beta"] is None
+  for beta in betas:
+    name = f"vae_beta{beta:g}"
+    with open(tmp_path / name / "config.json") as f:
+      assert json.load(f)["vae"]["beta"] == beta
+    row = rows[f"decoder_{name}"]
+    assert row["beta"] == beta and _finite(row["gme"]) and _finite(row["vae_own_val_recon_mse"])
+    assert 0.0 <= row["weak_bilip_frac_a1.5"] <= 1.0
+    assert row["ratio_q05"] <= row["ratio_q50"] <= row["ratio_q95"]
+  # a stronger KL moves the codes: the two VAEs' encoders differ
+  assert rows["decoder_vae_beta1"]["gme"] != rows["decoder_vae_beta30"]["gme"]
+  t = numbers["thresholds"]
+  assert t["tight"] == pytest.approx(1.1 * gpe[0]["decoder_final_val_recon_mse"])
+  assert t["loose"] >= t["tight"]
+  assert gpe[0]["decoder_steps_to_threshold"]["tight"] is not None
+  slower = [r["beta"] for r in rows.values() if r["method"] == "vae" and (
+      r["decoder_steps_to_threshold"]["tight"] is None or
+      r["decoder_steps_to_threshold"]["tight"] > gpe[0]["decoder_steps_to_threshold"]["tight"])]
+  assert numbers["vae_slower_than_gpe_to_tight"] == slower
+  for fname in ("geometry_vs_beta.png", "latents.png"):
+    assert os.path.getsize(tmp_path / fname) > 0
+
+
+def test_table1_beta_rejects_bad_betas():
+  from configs import default
+  from gpe_jax.errors import ConfigError
+  from gpe_jax.experiments import table1_beta
+  config = default.get_config("smoke")
+  for bad in ((), (0.0, 1.0), (1.0, 1.0)):
+    config.experiments.vae_betas = bad
+    with pytest.raises(ConfigError, match="vae_betas"):
+      table1_beta.betas_of(config)
