@@ -245,6 +245,7 @@ def smoke(config, steps=4):
   config.probes.num_features = 32
   config.probes.decoder_points = 128
   config.probes.gd_steps = 20
+  config.probes.stop_fractions = (0.0, 1.0)   # one early stop (a rerun) and the final encoder
   config.probes.alphas = (1.1, 1.5, 2.0)
   config.experiments.seeds = (0,)   # a smoke run checks that an experiment runs, once
   config.experiments.vae_betas = (1.0, 30.0)
