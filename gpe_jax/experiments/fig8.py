@@ -101,61 +101,104 @@ def _finite(v):
   return v if v is None or math.isfinite(v) else None
 
 
+def train_method(config, workdir: str, method: str, overrides: dict | None = None
+                 ) -> tuple[dict, dict]:
+  """Train one method as the variant ``workdir/<method>`` with this experiment's cadence.
+
+  The reconstruction stage (GPE: the decoder) is evaluated about ``EVALS_PER_STAGE`` times and
+  logged twice per evaluation interval (``cadence``), with checkpoints at evaluation steps.
+  ``overrides`` (dotted keys) are applied on top, e.g. a learning rate or a seed. A finished
+  variant is reused (``common.run_variant``).
+
+  Returns:
+    (result, curve): the method's numbers (final held-out MSE, steps, seconds, GME of its
+    encoder, per-iteration costs; GPE also its encoder's) and its held-out MSE curve
+    (``method_curve``; GPE's shifted by its encoder stage).
+  """
+  stage = "decoder" if method == "gpe" else method
+  eval_every, log_every = cadence(config[stage].num_steps)
+  # Checkpoints at evaluation steps: the loop restarts its rate window at a checkpoint even
+  # when it logs nothing there, which would skew the integrated clock.
+  ckpt_every = eval_every * max(1, int(round(config[stage].checkpoint_every / eval_every)))
+  ov = {"stages": ("encoder", "decoder") if method == "gpe" else (method,),
+        f"{stage}.eval_every": eval_every, f"{stage}.log_every": log_every,
+        f"{stage}.checkpoint_every": ckpt_every}
+  if method == "gpe":
+    ov["decoder.encoder_method"] = "gpe"
+    ov["decoder.encoder_checkpoint"] = ""
+  ov.update(overrides or {})
+  summary = common.run_variant(config, workdir, method, **ov)
+  run_dir = os.path.join(workdir, method)
+  if method == "gpe":
+    enc = summary["encoder"]
+    enc_steps, _ = common.curve(run_dir, "encoder", "val_gme")
+    enc_clock = stage_clocks(run_dir, "encoder", enc_steps)
+    enc_seconds = float(enc["seconds"])
+    enc_train = float(enc_clock["train"][-1])
+    c = method_curve(run_dir, "decoder", enc_seconds, enc_train)
+    result = {
+        "final_mse": float(summary["decoder"]["val_recon_mse"]),
+        "steps": int(summary["decoder"]["steps"]),
+        "encoder_steps": int(enc["steps"]),
+        "encoder_seconds": enc_seconds,
+        "encoder_train_seconds": enc_train,
+        "total_seconds": enc_seconds + float(summary["decoder"]["seconds"]),
+        "gme_all_pairs": float(enc["gme_all_pairs"]),
+        "seconds_per_iter": {"encoder": enc_seconds / max(1, int(enc["steps"])),
+                             "decoder": float(summary["decoder"]["seconds"]) /
+                             max(1, int(summary["decoder"]["steps"]))},
+        "mean_image_mse": float(summary["decoder"].get("val_mean_image_mse", float("nan"))),
+    }
+  else:
+    s = summary[method]
+    c = method_curve(run_dir, method)
+    result = {
+        "final_mse": float(s["val_recon_mse"]),
+        "steps": int(s["steps"]),
+        "total_seconds": float(s["seconds"]),
+        "gme_all_pairs": float(s["gme_all_pairs"]),
+        "seconds_per_iter": {method: float(s["seconds"]) / max(1, int(s["steps"]))},
+    }
+  result["train_only_seconds"] = c["train_end"]
+  result["overhead_seconds"] = result["total_seconds"] - c["train_end"]
+  return result, c
+
+
+def compare(runs: dict) -> dict:
+  """Thresholds, time to each threshold and ranks of the methods in ``runs``.
+
+  Args:
+    runs: {method: (result, curve)} as ``train_method`` returns them (any subset of
+      ``METHODS``; a method whose final MSE is not finite takes no part).
+
+  Returns:
+    dict with ``thresholds`` ({'loose', 'tight'}: ``THRESHOLD_FACTOR`` x the largest / smallest
+    final held-out MSE), ``to_threshold`` ({method: {'loose'|'tight': to_threshold(...)}}) and,
+    per threshold, ``order`` (the methods that reached it, fastest first by the logged clock)
+    and ``ranks`` ({method: 1-based rank, None when not reached}).
+  """
+  methods = [m for m in METHODS if m in runs and math.isfinite(runs[m][0]["final_mse"])]
+  finals = [runs[m][0]["final_mse"] for m in methods]
+  thresholds = {"loose": THRESHOLD_FACTOR * max(finals),
+                "tight": THRESHOLD_FACTOR * min(finals)}
+  reach = {m: {k: to_threshold(runs[m][1], t) for k, t in thresholds.items()} for m in methods}
+  order, ranks = {}, {}
+  for k in thresholds:
+    hit = [m for m in methods if reach[m][k]["seconds"] is not None]
+    order[k] = sorted(hit, key=lambda m, k=k: reach[m][k]["seconds"])
+    ranks[k] = {m: (order[k].index(m) + 1 if m in hit else None) for m in methods}
+  return {"thresholds": thresholds, "to_threshold": reach, "order": order, "ranks": ranks}
+
+
 def run(config, workdir: str) -> common.Report:
   results, curves = {}, {}
   for method in METHODS:
-    stage = "decoder" if method == "gpe" else method
-    eval_every, log_every = cadence(config[stage].num_steps)
-    # Checkpoints at evaluation steps: the loop restarts its rate window at a checkpoint even
-    # when it logs nothing there, which would skew the integrated clock.
-    ckpt_every = eval_every * max(1, int(round(config[stage].checkpoint_every / eval_every)))
-    overrides = {"stages": ("encoder", "decoder") if method == "gpe" else (method,),
-                 f"{stage}.eval_every": eval_every, f"{stage}.log_every": log_every,
-                 f"{stage}.checkpoint_every": ckpt_every}
-    if method == "gpe":
-      overrides["decoder.encoder_method"] = "gpe"
-      overrides["decoder.encoder_checkpoint"] = ""
-    summary = common.run_variant(config, workdir, method, **overrides)
-    run_dir = os.path.join(workdir, method)
-    if method == "gpe":
-      enc = summary["encoder"]
-      enc_steps, _ = common.curve(run_dir, "encoder", "val_gme")
-      enc_clock = stage_clocks(run_dir, "encoder", enc_steps)
-      enc_seconds = float(enc["seconds"])
-      enc_train = float(enc_clock["train"][-1])
-      c = method_curve(run_dir, "decoder", enc_seconds, enc_train)
-      results[method] = {
-          "final_mse": float(summary["decoder"]["val_recon_mse"]),
-          "steps": int(summary["decoder"]["steps"]),
-          "encoder_steps": int(enc["steps"]),
-          "encoder_seconds": enc_seconds,
-          "encoder_train_seconds": enc_train,
-          "total_seconds": enc_seconds + float(summary["decoder"]["seconds"]),
-          "gme_all_pairs": float(enc["gme_all_pairs"]),
-          "seconds_per_iter": {"encoder": enc_seconds / max(1, int(enc["steps"])),
-                               "decoder": float(summary["decoder"]["seconds"]) /
-                               max(1, int(summary["decoder"]["steps"]))},
-          "mean_image_mse": float(summary["decoder"].get("val_mean_image_mse", float("nan"))),
-      }
-    else:
-      s = summary[method]
-      c = method_curve(run_dir, method)
-      results[method] = {
-          "final_mse": float(s["val_recon_mse"]),
-          "steps": int(s["steps"]),
-          "total_seconds": float(s["seconds"]),
-          "gme_all_pairs": float(s["gme_all_pairs"]),
-          "seconds_per_iter": {method: float(s["seconds"]) / max(1, int(s["steps"]))},
-      }
-    results[method]["train_only_seconds"] = c["train_end"]
-    results[method]["overhead_seconds"] = results[method]["total_seconds"] - c["train_end"]
-    curves[method] = c
+    results[method], curves[method] = train_method(config, workdir, method)
 
-  finals = {m: results[m]["final_mse"] for m in METHODS}
-  thresholds = {"loose": THRESHOLD_FACTOR * max(finals.values()),
-                "tight": THRESHOLD_FACTOR * min(finals.values())}
+  cmp = compare({m: (results[m], curves[m]) for m in METHODS})
+  thresholds = cmp["thresholds"]
   for m in METHODS:
-    results[m]["to_threshold"] = {k: to_threshold(curves[m], t) for k, t in thresholds.items()}
+    results[m]["to_threshold"] = cmp["to_threshold"][m]
 
   _plot(curves, thresholds, results, os.path.join(workdir, "fig8.png"), config)
 
@@ -185,9 +228,9 @@ def run(config, workdir: str) -> common.Report:
   spi_table = common.markdown_table(["method", "stage", "steps", "s / iteration (incl. evals)"],
                                     spi_rows)
 
-  order = sorted(METHODS, key=lambda m: secs(m, "loose"))
+  order = cmp["order"]["loose"]
   tight_hit = [m for m in METHODS if secs(m, "tight") is not None]
-  tight_order = sorted(tight_hit, key=lambda m: secs(m, "tight"))
+  tight_order = cmp["order"]["tight"]
   g = results["gpe"]
   summary_text = (
       f"GPE (encoder, then a decoder on the frozen encoder) against four jointly trained "
