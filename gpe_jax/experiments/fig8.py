@@ -325,6 +325,11 @@ def _plot(curves: dict, thresholds: dict, results: dict, path: str, config) -> s
   ax_it.set_xlabel("iterations of the reconstruction stage (GPE: decoder)")
   ax.set_title(f"{config.data.name}: held-out MSE vs wall clock")
   ax_it.set_title("held-out MSE vs iterations")
+  return save_with_legend_below(fig, ax, path)
+
+
+def save_with_legend_below(fig, ax, path: str) -> str:
+  """Lay out ``fig``, put ``ax``'s legend entries in one legend under it, save to ``path``."""
   fig.tight_layout()
   handles, labels = ax.get_legend_handles_labels()
   fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4,

@@ -385,11 +385,7 @@ def _plot(runs, thresholds, grid, chosen, lrs, path, dataset, first) -> str:
   ax_lr.set_xlabel("learning rate")
   ax_lr.set_ylabel("final held-out MSE")
   ax_lr.set_title(f"lr grid (seed {first})")
-  fig.tight_layout()
-  handles, labels = ax.get_legend_handles_labels()
-  fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4,
-             fontsize=8, frameon=False)
-  return plots._save(fig, path)  # pylint: disable=protected-access
+  return fig8.save_with_legend_below(fig, ax, path)
 
 
 if __name__ == "__main__":
