@@ -147,6 +147,23 @@ def train_decoder(config, workdir: str, name: str, method: str, ckpt_dir: str) -
   return summary.get("decoder", {})
 
 
+def train_decoders(config, workdir: str, rows: list) -> None:
+  """A decoder on each row's frozen encoder (``row['variant']``, ``['method']``, ``['ckpt']``):
+  adds the decoder's ``summary``, its ``curves`` and the ``final`` held-out MSE to each row."""
+  for row in rows:
+    summary = train_decoder(config, workdir, row["variant"], row["method"], row["ckpt"])
+    curves = decoder_curves(os.path.join(workdir, row["variant"]))
+    row.update(summary=summary, curves=curves, final=float(curves["val"][-1]))
+
+
+def mark_thresholds(rows: list, thresholds: dict) -> None:
+  """``row['reach']``: the first decoder step at or under each threshold (None: never)."""
+  for row in rows:
+    c = row["curves"]
+    row["reach"] = {k: common.first_step_below(c["val_steps"], c["val"], t)
+                    for k, t in thresholds.items()}
+
+
 def decoder_curves(run_dir: str) -> dict:
   """The decoder's training (``recon_mse``) and held-out (``val_recon_mse``) curves."""
   train_steps, train = common.curve(run_dir, "decoder", "recon_mse")

@@ -71,17 +71,11 @@ def run(config, workdir: str) -> common.Report:
                "gme": encoders.val_gme(ctx, vae_ckpt),
                "gme_all_pairs": vae_summary.get("gme_all_pairs")})
 
-  for row in rows:
-    summary = encoders.train_decoder(config, workdir, row["variant"], row["method"], row["ckpt"])
-    curves = encoders.decoder_curves(os.path.join(workdir, row["variant"]))
-    row.update(summary=summary, curves=curves, final=float(curves["val"][-1]))
+  encoders.train_decoders(config, workdir, rows)
 
   mean_image = float(rows[0]["summary"].get("val_mean_image_mse", float("nan")))
   thresholds = threshold_rule(mean_image, [r["final"] for r in rows])
-  for row in rows:
-    c = row["curves"]
-    row["reach"] = {k: common.first_step_below(c["val_steps"], c["val"], t)
-                    for k, t in thresholds.items()}
+  encoders.mark_thresholds(rows, thresholds)
 
   interval = encoders.every(config.decoder.num_steps, encoders.DECODER_EVALS)
   dataset = ctx.data.name

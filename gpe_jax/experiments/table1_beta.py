@@ -84,18 +84,11 @@ def run(config, workdir: str) -> common.Report:
                  "encoder": summary, "own_mse": common.finite_or_none(
                      summary.get("val_recon_mse"))})
 
-  for row in rows:
-    summary = encoders.train_decoder(config, workdir, row["variant"], row["method"], row["ckpt"])
-    curves = encoders.decoder_curves(os.path.join(workdir, row["variant"]))
-    row.update(summary=summary, curves=curves, final=float(curves["val"][-1]),
-               seconds=common.finite_or_none(summary.get("seconds")))
+  encoders.train_decoders(config, workdir, rows)
 
   mean_image = float(rows[0]["summary"].get("val_mean_image_mse", float("nan")))
   thresholds = thresholds_from_gpe(rows[0]["final"], mean_image)
-  for row in rows:
-    c = row["curves"]
-    row["reach"] = {k: common.first_step_below(c["val_steps"], c["val"], t)
-                    for k, t in thresholds.items()}
+  encoders.mark_thresholds(rows, thresholds)
 
   dataset = ctx.data.name
   table1._plot(rows, thresholds, mean_image, os.path.join(workdir, "table1_beta.png"),
@@ -142,7 +135,7 @@ def run(config, workdir: str) -> common.Report:
           **{q: enc_value(r, q) for q in RATIO_QUANTILES},
           "gme_all_pairs": enc_value(r, "gme_all_pairs"),
           "decoder_final_val_recon_mse": r["final"],
-          "decoder_steps_to_threshold": r["reach"], "decoder_seconds": r["seconds"],
+          "decoder_steps_to_threshold": r["reach"], "decoder_seconds": common.finite_or_none(r["summary"].get("seconds")),
           "val_curve": {"steps": r["curves"]["val_steps"].tolist(),
                         "val_recon_mse": r["curves"]["val"].tolist()},
       } for r in rows},
