@@ -18,7 +18,15 @@ def test_core_steps_not_slower_than_recorded():
   want = speed_guard.recorded()
   got = speed_guard.measure(rounds=5)
   assert set(got) == set(want), (got, want)
-  slow = {k: (got[k], want[k]) for k in want if got[k] > speed_guard.TOLERANCE * want[k]}
+
+  def too_slow(got):
+    return {k: (got[k], want[k]) for k in want if got[k] > speed_guard.TOLERANCE * want[k]}
+  if too_slow(got):
+    # Measured once more: the other test workers share the cores, and a burst of their work
+    # inflates one measurement; a slowdown of the code itself shows in both.
+    again = speed_guard.measure(rounds=5)
+    got = {k: min(got[k], again[k]) for k in got}
+  slow = too_slow(got)
   assert not slow, (f"step/matmul time ratios above {speed_guard.TOLERANCE}x the recorded "
                     f"ones (measured, recorded): {slow}; if the slowdown is intended, "
                     "re-record with python benchmarks/speed_guard.py --record")
