@@ -19,6 +19,9 @@ iterations, metrics.jsonl), high_quality >= 0.9, modes balanced (min_share / max
 docs/results/experiments/gan_mixture.
 
 Arguments: '' (12 modes), '9' (the paper's 9-mode variant: 3 inner, 6 outer), 'smoke', '9:smoke'.
+The smoke config also narrows ``gan_mixture``'s methods to GMEGAN (a method with an encoder) and
+WGAN-GP (one without), so that experiment's smoke run stays seconds-long; add
+``--config.experiments.methods="()"`` for all seven.
 """
 from configs import base
 
@@ -73,4 +76,5 @@ def get_config(arg=None):
   config.evaluate.pr_samples = 2000
   config.eval.geometry_points = 1000
   return base.apply_arg(config, rest or None, {"data.mixture.num_train": 512,
-                                               "data.mixture.num_test": 128})
+                                               "data.mixture.num_test": 128,
+                                               "experiments.methods": ("gmegan", "wgan_gp")})

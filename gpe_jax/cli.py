@@ -538,7 +538,10 @@ def enable_compilation_cache() -> str:
   is keyed by the program, the XLA flags and the jax version, so it changes no number.
   """
   if COMPILATION_CACHE_ENV in os.environ:   # the user's (or the tests') choice, jax reads it
-    return os.environ[COMPILATION_CACHE_ENV]
+    path = os.environ[COMPILATION_CACHE_ENV]
+    if path and os.path.isdir(path):
+      repair_compilation_cache(path)
+    return path
   import jax  # pylint: disable=import-outside-toplevel
   from gpe_jax.data import sources  # pylint: disable=import-outside-toplevel
   path = sources.cache_dir("xla")
@@ -546,10 +549,57 @@ def enable_compilation_cache() -> str:
     os.makedirs(path, exist_ok=True)
   except OSError:
     return ""      # an unwritable cache folder only costs compile time
+  repair_compilation_cache(path)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)
+  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
   return path
+
+
+CACHE_MAX_BYTES = 2 * 1024**3
+_CACHE_ENTRY, _CACHE_ATIME = "-cache", "-atime"   # jax's names in a size-bounded cache folder
+
+
+def repair_compilation_cache(path: str) -> int:
+  """Remove the entries of an XLA compilation cache folder that have no access-time file.
+
+  A size-bounded jax cache keeps a ``KEY-atime`` file beside each ``KEY-cache`` entry and reads
+  all of them before it writes a new entry; one entry without its atime file (written by a
+  process that did not bound the cache, or killed between the two writes) makes every later
+  write into the folder fail, so every run compiles everything again. Such entries are removed
+  (under the cache's own lock when ``filelock`` is installed); removing one costs only one
+  compilation. Returns how many were removed; an unreadable folder is left alone (0).
+  """
+  try:
+    names = set(os.listdir(path))
+  except OSError:
+    return 0
+  orphans = [n for n in names if n.endswith(_CACHE_ENTRY)
+             and n[:-len(_CACHE_ENTRY)] + _CACHE_ATIME not in names]
+  if not orphans:
+    return 0
+  try:
+    import filelock  # pylint: disable=import-outside-toplevel
+    lock = filelock.FileLock(os.path.join(path, ".lockfile"), timeout=10)
+  except ImportError:
+    lock = contextlib.nullcontext()
+  removed = 0
+  try:
+    with lock:
+      for name in orphans:
+        key = name[:-len(_CACHE_ENTRY)]
+        if not os.path.exists(os.path.join(path, key + _CACHE_ATIME)):
+          try:
+            os.remove(os.path.join(path, name))
+            removed += 1
+          except OSError:
+            pass
+  except Exception:  # noqa: BLE001  (a lock timeout: another process holds it; try next run)
+    return removed
+  if removed:
+    logging.info("compilation cache %s: removed %d entries without an access-time file",
+                 path, removed)
+  return removed
 
 
 def run(body: Callable[..., object], module: str, require_workdir: bool = False,

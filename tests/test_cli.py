@@ -491,3 +491,54 @@ def test_command_logging_drops_the_backend_probe_line():
   finally:
     probe.setLevel(saved[0])
     root.setLevel(saved[1])
+
+
+def test_compilation_cache_repair_removes_entries_without_access_time(tmp_path):
+  """A bounded jax cache reads every entry's KEY-atime before each write: one entry without
+  it (written by an unbounded process, or killed between the two writes) made every later
+  write fail. The repair removes such entries and nothing else."""
+  from gpe_jax import cli
+  for name in ("a-cache", "a-atime", "orphan-cache", "lone-atime"):
+    (tmp_path / name).write_bytes(b"\0" * 8)
+  try:
+    from jax._src import lru_cache   # the mechanism itself, when this jax has it
+  except ImportError:
+    lru_cache = None
+  if lru_cache is not None:
+    with pytest.raises(FileNotFoundError):
+      lru_cache.LRUCache(str(tmp_path), max_size=1 << 20).put("new", b"x")
+  assert cli.repair_compilation_cache(str(tmp_path)) == 1
+  assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+      "a-atime", "a-cache", "lone-atime"]
+  assert cli.repair_compilation_cache(str(tmp_path)) == 0
+  if lru_cache is not None:
+    lru_cache.LRUCache(str(tmp_path), max_size=1 << 20).put("new", b"x")
+    assert (tmp_path / "new-cache").exists() and (tmp_path / "new-atime").exists()
+  assert cli.repair_compilation_cache(str(tmp_path / "missing")) == 0
+
+
+def test_experiment_workers_bound_the_compilation_cache_as_the_parent_does(tmp_path,
+                                                                          monkeypatch):
+  """Worker processes of an experiment (``experiments.workers``) write into the parent's
+  cache folder, so they must bound it the same way (else their entries lack atime files)."""
+  import logging
+  import jax
+  from gpe_jax.experiments import common
+  level = logging.getLogger().level
+  before = {k: getattr(jax.config, k) for k in (
+      "jax_compilation_cache_dir", "jax_compilation_cache_max_size",
+      "jax_persistent_cache_min_compile_time_secs")}
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  try:
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    jax.config.update("jax_compilation_cache_max_size", 12345678)
+    settings = common._worker_cache(str(tmp_path))   # pylint: disable=protected-access
+    assert settings == {"dir": str(tmp_path / "xla"), "max_size": 12345678}
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    common._init_worker(settings)   # pylint: disable=protected-access
+    assert jax.config.jax_compilation_cache_max_size == 12345678
+    assert "intra_op_parallelism_threads=1" in os.environ["XLA_FLAGS"]
+  finally:
+    for k, v in before.items():
+      jax.config.update(k, v)
+    logging.getLogger().setLevel(level)

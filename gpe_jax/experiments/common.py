@@ -14,6 +14,7 @@ checkpoints exactly like a normal run — then reads their summaries and metrics
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import platform
@@ -76,19 +77,28 @@ def run_variant(config, workdir: str, name: str, **overrides) -> dict:
 _SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _worker_cache(workdir: str) -> str:
-  """The compilation cache the worker processes share: the user's own (``jax_compilation_cache_dir``
-  or ``JAX_COMPILATION_CACHE_DIR``) when set, else ``WORKDIR/.jax_cache``."""
+def _worker_cache(workdir: str) -> dict:
+  """The compilation cache the worker processes share, as this process has it set up: the
+  user's own (``jax_compilation_cache_dir`` or ``JAX_COMPILATION_CACHE_DIR``) when set, else
+  ``WORKDIR/.jax_cache``, with the same size bound. A worker must bound the cache as this
+  process does: entries written without the bound lack the access-time files that a bounded
+  cache reads before each write (``cli.repair_compilation_cache``)."""
   cache = jax.config.jax_compilation_cache_dir or os.path.join(workdir, ".jax_cache")
   os.makedirs(cache, exist_ok=True)
-  return cache
+  max_size = int(jax.config.jax_compilation_cache_max_size)
+  if max_size == -1 and importlib.util.find_spec("filelock"):
+    from gpe_jax import cli  # pylint: disable=import-outside-toplevel
+    max_size = cli.CACHE_MAX_BYTES
+  return {"dir": cache, "max_size": max_size}
 
 
-def _init_worker(cache_dir: str) -> None:
+def _init_worker(cache: dict) -> None:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _SINGLE_THREAD).strip()
-  if jax.config.jax_compilation_cache_dir != cache_dir:
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
+  if jax.config.jax_compilation_cache_dir != cache["dir"]:
+    jax.config.update("jax_compilation_cache_dir", cache["dir"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if int(jax.config.jax_compilation_cache_max_size) != cache["max_size"]:
+    jax.config.update("jax_compilation_cache_max_size", cache["max_size"])
   logging.getLogger().setLevel(logging.WARNING)
 
 

@@ -129,31 +129,41 @@ def gpe_decoder_variant(step: int) -> str:
   return f"decoder_gpe_step{step}"
 
 
-def train_decoder(config, workdir: str, name: str, method: str, ckpt_dir: str) -> dict:
-  """Train (or reuse) a decoder-only variant on the frozen encoder in ``ckpt_dir``.
-
-  Returns:
-    The variant's decoder summary (``val_recon_mse``, ``val_mean_image_mse``, ``steps``, ...).
-  """
+def decoder_overrides(config, method: str, ckpt_dir: str) -> dict:
+  """The overrides of a decoder-only variant on the frozen encoder in ``ckpt_dir``."""
   interval = every(config.decoder.num_steps, DECODER_EVALS)
-  summary = common.run_variant(config, workdir, name, **{
+  return {
       "stages": ("decoder",),
       "decoder.encoder_method": method,
       "decoder.encoder_checkpoint": os.path.abspath(ckpt_dir),
       "decoder.target_loss": 0.0,
       "decoder.eval_every": interval,
       "decoder.log_every": min(int(config.decoder.log_every), interval),
-  })
+  }
+
+
+def train_decoder(config, workdir: str, name: str, method: str, ckpt_dir: str) -> dict:
+  """Train (or reuse) a decoder-only variant on the frozen encoder in ``ckpt_dir``.
+
+  Returns:
+    The variant's decoder summary (``val_recon_mse``, ``val_mean_image_mse``, ``steps``, ...).
+  """
+  summary = common.run_variant(config, workdir, name,
+                               **decoder_overrides(config, method, ckpt_dir))
   return summary.get("decoder", {})
 
 
-def train_decoders(config, workdir: str, rows: list) -> None:
-  """A decoder on each row's frozen encoder (``row['variant']``, ``['method']``, ``['ckpt']``):
-  adds the decoder's ``summary``, its ``curves`` and the ``final`` held-out MSE to each row."""
+def train_decoders(config, workdir: str, rows: list, workers: int = 1) -> None:
+  """A decoder on each row's frozen encoder (``row['variant']``, ``['method']``, ``['ckpt']``),
+  ``workers`` at a time in separate processes (``common.run_variants``): adds the decoder's
+  ``summary``, its ``curves`` and the ``final`` held-out MSE to each row."""
+  summaries = common.run_variants(
+      config, workdir, {row["variant"]: decoder_overrides(config, row["method"], row["ckpt"])
+                        for row in rows}, workers)
   for row in rows:
-    summary = train_decoder(config, workdir, row["variant"], row["method"], row["ckpt"])
     curves = decoder_curves(os.path.join(workdir, row["variant"]))
-    row.update(summary=summary, curves=curves, final=float(curves["val"][-1]))
+    row.update(summary=summaries[row["variant"]].get("decoder", {}), curves=curves,
+               final=float(curves["val"][-1]))
 
 
 def mark_thresholds(rows: list, thresholds: dict) -> None:

@@ -30,7 +30,10 @@ evaluation, the minimum over seeds.
     python -m gpe_jax.experiments.gan_mixture --config=configs/gmegan_mixture.py \\
         --workdir=runs/gan_mixture --config.experiments.workers=2
     python -m gpe_jax.experiments.gan_mixture --config=configs/gmegan_mixture.py:smoke \\
-        --workdir=/tmp/gan_mixture --config.experiments.seeds="(0,)"
+        --workdir=/tmp/gan_mixture
+
+The smoke config runs GMEGAN and WGAN-GP only (``experiments.methods``; () = every GAN
+method) on both mixtures, one seed, 4 iterations: seconds, to check the experiment runs.
 """
 from __future__ import annotations
 

@@ -74,17 +74,20 @@ def run(config, workdir: str) -> common.Report:
   rows = [{"name": f"GPE (step {stop['step']})", "method": "gpe", "beta": None,
            "variant": stop["variant"], "ckpt": stop["ckpt_dir"], "gme": stop["gme"],
            "encoder": enc["summary"], "own_mse": None}]
+  workers = int(config.experiments.get("workers", 1))
+  names = {beta: f"vae_beta{beta_name(beta)}" for beta in betas}
+  vaes = common.run_variants(config, workdir, {names[b]: {"stages": ("vae",), "vae.beta": b}
+                                               for b in betas}, workers)
   for beta in betas:
-    name = f"vae_beta{beta_name(beta)}"
-    summary = common.run_variant(config, workdir, name, **{"stages": ("vae",),
-                                                           "vae.beta": beta})["vae"]
+    name = names[beta]
+    summary = vaes[name]["vae"]
     ckpt = os.path.join(workdir, name, "vae", "checkpoints")
     rows.append({"name": f"VAE, beta {beta:g}", "method": "vae", "beta": beta,
                  "variant": f"decoder_{name}", "ckpt": ckpt, "gme": encoders.val_gme(ctx, ckpt),
                  "encoder": summary, "own_mse": common.finite_or_none(
                      summary.get("val_recon_mse"))})
 
-  encoders.train_decoders(config, workdir, rows)
+  encoders.train_decoders(config, workdir, rows, workers)
 
   mean_image = float(rows[0]["summary"].get("val_mean_image_mse", float("nan")))
   thresholds = thresholds_from_gpe(rows[0]["final"], mean_image)
