@@ -13,7 +13,10 @@ about a minute on a 2-core CPU.
     python -m gpe_jax.main --config=configs/gmegan_digits.py:smoke --workdir=/tmp/smoke
 
 Arguments: '' (2,000 iterations per method), 'N' (N iterations for every GAN method, e.g.
-``configs/gmegan_digits.py:1000``), 'smoke' (4 iterations, tiny networks).
+``configs/gmegan_digits.py:1000``), 'smoke' (4 iterations, tiny networks; it also narrows ``gan_robustness`` to GMEGAN and the
+GAN on the ``conv_bn`` and ``mlp`` architectures, 4 runs instead of 63, so that experiment's
+smoke run stays seconds-long: add ``--config.experiments.methods="()"
+--config.experiments.variants="()"`` for all of them).
 
 Settings: the paper's CIFAR-10 regularisation for GMEGAN (c_T = 10, c_G = 1, c_R = 0.5, k = 1,
 p = 2), batch 64, Adam (0.5, 0.999); the baselines keep their published optimisers and critic
@@ -75,4 +78,6 @@ def get_config(arg=None):
                                       "model.dec_hidden": (32,),
                                       "gans.critic_features": (4, 8),
                                       "gans.inverse_hidden": (16, 16),
-                                      "gans.pair_hidden": (16,)})
+                                      "gans.pair_hidden": (16,),
+                                      "experiments.methods": ("gmegan", "gan"),
+                                      "experiments.variants": ("conv_bn", "mlp")})

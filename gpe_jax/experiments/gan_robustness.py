@@ -40,8 +40,7 @@ Outputs: ``robustness.png`` (box plots over the variants, one box per method, tw
     python -m gpe_jax.experiments.gan_robustness --config=configs/gmegan_digits.py \
         --workdir=runs/gan_robustness --config.experiments.workers=2
     python -m gpe_jax.experiments.gan_robustness --config=configs/gmegan_digits.py:smoke \
-        --workdir=/tmp/gan_robustness --config.experiments.methods="('gmegan','gan')" \
-        --config.experiments.variants="('conv_bn','mlp')"
+        --workdir=/tmp/gan_robustness   # GMEGAN and GAN on conv_bn and mlp (the smoke's narrowing)
 
 Hardware and cost: a 2-core CPU (``--config.experiments.workers=2``: two runs side by side,
 each single-threaded). Measured on one shared with other jobs (load 7-9): the ``conv_bn`` runs
