@@ -96,11 +96,18 @@ def assert_one_device_equals_eight(make, batches):
   s1, l1 = _sharded_steps(1, make, batches)
   s8, l8 = _sharded_steps(8, make, batches)
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
-  flat1, flat8 = jax.tree.leaves(s1), jax.tree.leaves(s8)
+  flat1, flat8 = jax.tree_util.tree_leaves_with_path(s1), jax.tree.leaves(s8)
   assert len(flat1) == len(flat8)
-  for a, b in zip(flat1, flat8):
+  for (path, a), b in zip(flat1, flat8):
+    # A parameter moves by Adam's m / sqrt(v) per step, which for a gradient element near
+    # rounding level turns the 1- vs 8-device reduction order into a visible difference (seen:
+    # one decoder kernel element of 4,608 off by 4.3e-6 after two steps of lr 1e-3 on one
+    # CPU model). Parameters are therefore compared to 1% of one step (atol 1e-5); the
+    # optimiser's moments and the batch statistics, which see the gradients themselves, stay
+    # at atol 1e-6, and the losses above at rtol 1e-5.
+    atol = 1e-5 if jax.tree_util.keystr(path).startswith(".params") else 1e-6
     np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64),
-                               rtol=1e-4, atol=1e-6)
+                               rtol=1e-4, atol=atol, err_msg=jax.tree_util.keystr(path))
   return s1
 
 
