@@ -111,7 +111,9 @@ def dense_hessian(fn: Callable, primal) -> jax.Array:
   m = number of entries, ordered like ``jax.flatten_util.ravel_pytree`` (row-major for an
   array). ``jax.hessian`` (forward-over-reverse); for m up to a few thousand."""
   flat, unravel = ravel_pytree(primal)
-  return jax.hessian(lambda v: fn(unravel(v)))(flat)
+  # Compiled as one program: run eagerly, jax.hessian dispatches (and on a first run compiles)
+  # each of its vmapped operations separately.
+  return jax.jit(jax.hessian(lambda v: fn(unravel(v))))(flat)
 
 
 def make_hvp(fn: Callable, primal) -> tuple[Callable[[jax.Array], jax.Array], int]:

@@ -568,7 +568,7 @@ def probe_collapse(config, workdir: str, ctx, encs: Encoders) -> dict:
   x = _points(ctx, n)
   fn = hessian.make_embedding_cost(x, "gme")
   z_c = jnp.zeros((n, d), jnp.float32)     # any constant map: the cost is translation invariant
-  grad_norm = float(jnp.linalg.norm(jax.grad(fn)(z_c)))
+  grad_norm = float(jnp.linalg.norm(jax.jit(jax.grad(fn))(z_c)))
   dense = np.asarray(hessian.dense_hessian(fn, z_c), np.float64)
   closed = collapse_hessian_closed_form(x, d)
   evals = np.linalg.eigvalsh(dense)
@@ -576,24 +576,26 @@ def probe_collapse(config, workdir: str, ctx, encs: Encoders) -> dict:
   ritz = hessian.extreme_eigenpairs(*hessian.make_hvp(fn, z_c), int(probes.lanczos_iters),
                                     jax.random.key(config.seed))
   v = jnp.asarray(ritz["v_min"].reshape(n, d), jnp.float32)
-  g0 = float(fn(z_c))
+  g0 = float(jax.jit(fn)(z_c))
   # Out to where the quadratic model predicts a 20% drop (v is a unit vector over all n d
   # coordinates: eps = sqrt(n) would move an average point by ~1).
   reach = min(math.sqrt(n), math.sqrt(0.4 * g0 / max(abs(ritz["lambda_min"]), 1e-30)))
   eps = np.linspace(-1.0, 1.0, 41) * reach
-  line = np.array([float(fn(z_c + float(e) * v)) for e in eps])
+  # One compiled program for the 41 points of the line (eager calls compile op by op).
+  line = np.asarray(jax.jit(jax.vmap(lambda e: fn(z_c + e * v)))(
+      jnp.asarray(eps, jnp.float32)), np.float64)
   quad = g0 + 0.5 * ritz["lambda_min"] * np.square(eps)
   # Random linear maps A: curvature sum_ij -(4/n^2) W_ij |A(x_i - x_j)|^2 < 0 for every A that
   # does not annihilate all data differences.
   lin = hessian.make_linear_direction_cost(x, z_c, "gme")
   lin_hvp, lin_dim = hessian.make_hvp(lin, jnp.zeros((d, x.shape[1]), jnp.float32))
   keys = jax.random.split(jax.random.key(config.seed + 1), 32)
-  curv = []
-  for k in keys:
+
+  def curvature(k):   # a^T H a along a random unit direction a
     a = jax.random.normal(k, (lin_dim,), jnp.float32)
     a = a / jnp.linalg.norm(a)
-    curv.append(float(jnp.vdot(a, lin_hvp(a))))
-  curv = np.array(curv)
+    return jnp.vdot(a, lin_hvp(a))
+  curv = np.asarray(jax.jit(jax.vmap(curvature))(keys), np.float64)
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   ax = axes[0]
