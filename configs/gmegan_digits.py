@@ -13,10 +13,10 @@ about a minute on a 2-core CPU.
     python -m gpe_jax.main --config=configs/gmegan_digits.py:smoke --workdir=/tmp/smoke
 
 Arguments: '' (2,000 iterations per method), 'N' (N iterations for every GAN method, e.g.
-``configs/gmegan_digits.py:1000``), 'smoke' (4 iterations, tiny networks; it also narrows ``gan_robustness`` to GMEGAN and the
-GAN on the ``conv_bn`` and ``mlp`` architectures, 4 runs instead of 63, so that experiment's
-smoke run stays seconds-long: add ``--config.experiments.methods="()"
---config.experiments.variants="()"`` for all of them).
+``configs/gmegan_digits.py:1000``), 'smoke' (4 iterations, tiny networks; it also narrows
+``gan_robustness`` to GMEGAN and the GAN on the ``conv_bn`` and ``mlp`` architectures, 4 runs
+instead of 63, so that experiment's smoke run stays seconds-long: add
+``--config.experiments.methods="()" --config.experiments.variants="()"`` for all of them).
 
 Settings: the paper's CIFAR-10 regularisation for GMEGAN (c_T = 10, c_G = 1, c_R = 0.5, k = 1,
 p = 2), batch 64, Adam (0.5, 0.999); the baselines keep their published optimisers and critic

@@ -568,7 +568,8 @@ def probe_collapse(config, workdir: str, ctx, encs: Encoders) -> dict:
   x = _points(ctx, n)
   fn = hessian.make_embedding_cost(x, "gme")
   z_c = jnp.zeros((n, d), jnp.float32)     # any constant map: the cost is translation invariant
-  grad_norm = float(jnp.linalg.norm(jax.jit(jax.grad(fn))(z_c)))
+  g0, grad0 = jax.jit(jax.value_and_grad(fn))(z_c)   # one program for both
+  g0, grad_norm = float(g0), float(jnp.linalg.norm(grad0))
   dense = np.asarray(hessian.dense_hessian(fn, z_c), np.float64)
   closed = collapse_hessian_closed_form(x, d)
   evals = np.linalg.eigvalsh(dense)
@@ -576,7 +577,6 @@ def probe_collapse(config, workdir: str, ctx, encs: Encoders) -> dict:
   ritz = hessian.extreme_eigenpairs(*hessian.make_hvp(fn, z_c), int(probes.lanczos_iters),
                                     jax.random.key(config.seed))
   v = jnp.asarray(ritz["v_min"].reshape(n, d), jnp.float32)
-  g0 = float(jax.jit(fn)(z_c))
   # Out to where the quadratic model predicts a 20% drop (v is a unit vector over all n d
   # coordinates: eps = sqrt(n) would move an average point by ~1).
   reach = min(math.sqrt(n), math.sqrt(0.4 * g0 / max(abs(ritz["lambda_min"]), 1e-30)))

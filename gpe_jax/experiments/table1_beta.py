@@ -29,7 +29,9 @@ paper's 280,899 iterations are its version of that).
 The VAEs, and then the decoders, run ``config.experiments.workers`` at a time, each in its own
 single-threaded process (``common.run_variants``). On a 2-core AVX2 CPU two workers trained
 Fashion-MNIST VAEs at 1.2-1.5 it/s each against 2.0 it/s for one process on both cores. Cost
-there: a VAE step takes 0.5 s, so the six VAEs alone are about 2.5 h of the full sweep.
+there: a VAE step takes 0.5 s, so the six VAEs alone are about 2.5 h of the full sweep. On a
+2-core AVX-512 CPU each worker ran 3.1-3.8 it/s (VAEs and decoders alike) and the whole sweep
+took 8,338 s (docs/results/experiments/table1_fashion_mnist_beta_sweep).
 """
 from __future__ import annotations
 
