@@ -265,16 +265,30 @@ def _check_finite(stage: str, step: int, metrics: dict, last_ok: int) -> None:
 @contextlib.contextmanager
 def _interrupts_deferred():
   """Hold SIGINT/SIGTERM back while a checkpoint is written: an interrupt that lands inside
-  orbax's save (its threads and locks) could leave the save hanging; blocked, it is delivered
-  right after, at a step boundary, and becomes the usual ``Interrupted``."""
+  orbax's save (its threads and locks) could leave the save hanging, or stop it after its
+  directory is on disk but before the manager counts it; held, it is delivered right after the
+  save, at a step boundary, and becomes the usual ``Interrupted``.
+
+  Two holds, because a signal sent to the process goes to any thread that does not block it:
+  the main thread's signal mask keeps the signal out of its system calls, and Python-level
+  handlers that only note the signal keep a delivery to another of the process's threads (orbax,
+  tensorstore and XLA run their own) from raising KeyboardInterrupt in the main thread mid-save.
+  """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+  sigs = (signal.SIGINT, signal.SIGTERM)
+  pending = []
+  handlers = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in sigs}
+  mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(sigs))
   try:
     yield
   finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # a blocked one is noted here, if any
+    for s, h in handlers.items():
+      signal.signal(s, h)
+    if pending:
+      signal.raise_signal(pending[0])   # now, under the handler that was in place before
 
 
 def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int) -> Result:
@@ -377,6 +391,7 @@ def run(stage: Stage, workdir: str, mesh, writer: logs.MetricsWriter, seed: int)
         break
   except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the command line
     mngr.wait_until_finished()   # a save in flight is then on disk (and counted)
+    mngr.reload()                # the steps on disk, whatever the manager had counted
     saved = mngr.latest_step()
     raise Interrupted(
         f"Interrupted at step {step} of stage '{stage.name}' (last checkpoint: "

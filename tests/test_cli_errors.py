@@ -317,3 +317,30 @@ def test_interrupt_is_exit_130_and_says_how_to_resume(tmp_path, sig):
   text = paragraph(res, 130, "Interrupted", "rerun the same command")
   if "of stage" in text:  # the train loop names the stage, step and checkpoint
     assert "'encoder'" in text and "last checkpoint: step" in text, text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_sent_to_another_thread_waits_for_the_save(sig):
+  """A signal to the process can land on any thread that does not block it (orbax's, XLA's):
+  the checkpoint save must still not be interrupted, and the interrupt comes right after."""
+  import threading
+
+  from gpe_jax import train_loop
+
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+  old = signal.signal(sig, interrupt)
+  done = []
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      with train_loop._interrupts_deferred():  # pylint: disable=protected-access
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), sig))
+        sender.start()
+        sender.join()
+        for _ in range(50):   # bytecode boundaries where Python runs its signal handlers
+          time.sleep(0.002)
+        done.append("save")
+    assert done == ["save"]
+  finally:
+    signal.signal(sig, old)

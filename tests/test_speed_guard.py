@@ -1,4 +1,4 @@
-"""A core step that gets much slower relative to a plain matmul (same process) fails here."""
+"""A core step that gets much slower relative to fixed reference kernels (same process) fails here."""
 import importlib.util
 import os
 
@@ -27,6 +27,6 @@ def test_core_steps_not_slower_than_recorded():
     again = speed_guard.measure(rounds=5)
     got = {k: min(got[k], again[k]) for k in got}
   slow = too_slow(got)
-  assert not slow, (f"step/matmul time ratios above {speed_guard.TOLERANCE}x the recorded "
+  assert not slow, (f"step/reference time ratios above {speed_guard.TOLERANCE}x the recorded "
                     f"ones (measured, recorded): {slow}; if the slowdown is intended, "
                     "re-record with python benchmarks/speed_guard.py --record")
