@@ -117,9 +117,7 @@ def measure(rounds: int = ROUNDS) -> dict:
   for _ in range(rounds):
     for name, fn in steps.items():
       t_ref = math.exp(statistics.fmean(math.log(_seconds(r, 3)) for r in references))
-      t0 = time.perf_counter()
-      fn()
-      ratios[name].append((time.perf_counter() - t0) / t_ref)
+      ratios[name].append(_seconds(fn, 1) / t_ref)
   return {name: round(statistics.median(v), 3) for name, v in ratios.items()}
 
 
