@@ -8,6 +8,9 @@ and the median wall-clock seconds of each measured operation:
   gme_n{n}_D{D}_d{d}_s            forward+backward (value and grad w.r.t. z) of the jitted
                                   ``costs.gme_cost`` for x [n, D], z [n, d];
   gme_blockwise_n{n}_D{D}_d{d}_s  the same with ``costs.gme_cost_blockwise`` (large sizes);
+  gme_tri_b{b}_h{h}_n{n}_D{D}_d{d}_s
+                                  (--variants) ``costs.gme_cost_triangle`` with b row blocks
+                                  after h halvings (``TRIANGLE_VARIANTS``), interleaved;
   enc_step_b100_s                 one jitted Adam step of the real encoder stage
                                   (``encoder.make_train_step``), MNIST-sized conv encoder;
   dec_step_b100_s                 one jitted Adam step of the real decoder stage
@@ -187,9 +190,32 @@ class ConvTransposeDecoder(nn.Module):
 # Benchmarks
 
 
-def bench_gme(iters: int) -> dict:
-  """GME cost value+grad w.r.t. z, plain and blockwise."""
+# Tilings of the upper triangle timed with --variants: (row blocks, halvings); (4, 0) is the
+# layout of earlier releases.
+TRIANGLE_VARIANTS = ((4, 0), (8, 0), (2, 2), (4, 1), (2, 3))
+
+
+def bench_gme(iters: int, variants: bool = False) -> dict:
+  """GME cost value+grad w.r.t. z, plain and blockwise; with ``variants`` also the tilings of
+  ``TRIANGLE_VARIANTS`` at the sizes from ``TRIANGLE_MIN_ROWS`` rows on, interleaved (each
+  round times every tiling once; the median over rounds is reported)."""
   out = {}
+  if variants:
+    for n, D, d in GME_SIZES:
+      if n < costs.TRIANGLE_MIN_ROWS:
+        continue
+      kx, kz = jax.random.split(jax.random.key(n))
+      x = jax.random.normal(kx, (n, D), jnp.float32)
+      z = jax.random.normal(kz, (n, d), jnp.float32)
+      fns = {bh: jax.jit(jax.value_and_grad(
+          lambda a, b, bh=bh: costs.gme_cost_triangle(a, b, *bh), argnums=1))
+             for bh in TRIANGLE_VARIANTS}
+      times = {bh: [] for bh in fns}
+      for _ in range(max(3, iters // 2)):
+        for bh, fn in fns.items():
+          times[bh].append(median_seconds(lambda: fn(x, z), 3, warmup=1))
+      for (b, h), ts in times.items():
+        out[f"gme_tri_b{b}_h{h}_n{n}_D{D}_d{d}_s"] = statistics.median(ts)
   plain = jax.jit(jax.value_and_grad(costs.gme_cost, argnums=1))
   blockwise = jax.jit(jax.value_and_grad(costs.gme_cost_blockwise, argnums=1))
   for n, D, d in GME_SIZES:
@@ -364,7 +390,7 @@ def main(argv=None) -> None:
     parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
   out = environment()
   if "gme" in which:
-    out.update(bench_gme(args.iters or 10))
+    out.update(bench_gme(args.iters or 10, args.variants))
   if "enc" in which:
     out.update(bench_enc(args.iters or 20, args.variants, args.iters or 10))
   if "dec" in which:

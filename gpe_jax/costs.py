@@ -120,9 +120,13 @@ def gme_matrix(x: jax.Array, z: jax.Array) -> jax.Array:
 # From this many rows on, ``gme_cost`` computes only the upper triangle of the pair matrix
 # (``gme_cost_triangle``); below it the dense form is as fast (benchmarks/README.md).
 TRIANGLE_MIN_ROWS = 512
-# Row blocks of the triangle form: the work is (k + 1) / (2k) of the dense form's, and 4 blocks
-# measured fastest on a 2-core CPU at n = 1000 and 2000 (more blocks: smaller, slower matmuls).
+# Tiling of the triangle form (``triangle_tiles``): halved once (the off-diagonal 1/4 of the
+# pair matrix is one product), then each half cut into 4 row blocks: 8 diagonal blocks, 9/16 of
+# the dense form's work. On a 2-core AVX-512 CPU this was the fastest of five tilings at n = 1000
+# and 2000 (2-8% under 4 row blocks without the halving; 8 row blocks, with their smaller
+# products, were slower at n = 2000; benchmarks/README.md).
 TRIANGLE_BLOCKS = 4
+TRIANGLE_HALVINGS = 1
 
 
 def gme_cost(x: jax.Array, z: jax.Array) -> jax.Array:
@@ -133,7 +137,7 @@ def gme_cost(x: jax.Array, z: jax.Array) -> jax.Array:
   diagonal included (it contributes 0) -- the normalisation the paper's thresholds use.
 
   For n >= ``TRIANGLE_MIN_ROWS`` the pair matrix's symmetry is used (``gme_cost_triangle``:
-  the same value and gradient, about 5/8 of the Gram and elementwise work); smaller batches
+  the same value and gradient, about 9/16 of the Gram and elementwise work); smaller batches
   take the dense form (``gme_cost_dense``).
 
   Args:
@@ -153,22 +157,49 @@ def gme_cost_dense(x: jax.Array, z: jax.Array) -> jax.Array:
   return jnp.mean(gme_matrix(x, z))
 
 
-def gme_cost_triangle(x: jax.Array, z: jax.Array, blocks: int = TRIANGLE_BLOCKS) -> jax.Array:
+def triangle_tiles(n: int, blocks: int = TRIANGLE_BLOCKS,
+                   halvings: int = TRIANGLE_HALVINGS) -> list[tuple[int, int, int, int, int]]:
+  """The tiles that cover the upper triangle of an [n, n] pair matrix, diagonal included.
+
+  Each tile ``(r0, r1, c0, c1, own)`` is one Gram product, rows [r0, r1) against columns
+  [c0, c1); its first ``own`` columns are the rows' own diagonal block (``c0 == r0``, counted once
+  with the diagonal masked), the rest lie strictly above the diagonal (counted twice). The
+  triangle is halved ``halvings`` times (the off-diagonal rectangle of each half is one large
+  product), and each remaining diagonal triangle is cut into ``blocks`` row blocks, each against
+  every column from its own diagonal on. With k = blocks * 2^halvings diagonal blocks in all, the
+  tiles hold (k + 1) / (2k) of the dense pair matrix.
+  """
+  def flat(s, e, k):
+    edges = [s + round(i * (e - s) / k) for i in range(k + 1)]
+    return [(a, b, a, e, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+  def split(s, e, h):
+    if h <= 0 or e - s < 2:
+      return flat(s, e, max(1, min(int(blocks), e - s)))
+    m = s + (e - s) // 2
+    return [(s, m, m, e, 0)] + split(s, m, h - 1) + split(m, e, h - 1)
+
+  return split(0, int(n), int(halvings))
+
+
+def gme_cost_triangle(x: jax.Array, z: jax.Array, blocks: int = TRIANGLE_BLOCKS,
+                      halvings: int = TRIANGLE_HALVINGS) -> jax.Array:
   """``gme_cost`` from the upper triangle of the pair matrix: the same value and gradient.
 
   The pair terms are symmetric in (i, j) and 0 on the diagonal, so the mean over all ordered
-  pairs is twice the sum over i < j, divided by n^2. The rows are cut into ``blocks`` near-equal
-  blocks; block [s, e) is compared with the columns [s, n) only (one Gram product per block
-  and per side), its own diagonal block counted once with the diagonal masked and the rest
-  counted twice. That is (k + 1) / (2k) of the dense Gram and elementwise work for k blocks;
-  for the data side, whose Gram costs n^2 D, this is most of the step. No block size has to
-  divide n. The data Gram sits behind an ``optimization_barrier``: on XLA:CPU, fusing the
-  reduction into the matrix product made the product about 1.7x slower (measured).
+  pairs is twice the sum over i < j, divided by n^2. The triangle is covered by the tiles of
+  ``triangle_tiles`` (one Gram product per tile and per side); a tile's own diagonal block is
+  counted once with the diagonal masked, the rest twice. With k diagonal blocks that is
+  (k + 1) / (2k) of the dense Gram and elementwise work; for the data side, whose Gram costs
+  n^2 D, this is most of the step. No block size has to divide n. The data Gram sits behind an
+  ``optimization_barrier``: on XLA:CPU, fusing the reduction into the matrix product made the
+  product about 1.7x slower (measured).
 
   Args:
     x: [n, ...] data batch.
     z: [n, d] embeddings.
-    blocks: number of row blocks (>= 1; 1 is the dense form).
+    blocks: row blocks per diagonal triangle (>= 1; with ``halvings=0``, 1 is the dense form).
+    halvings: times the triangle is halved before it is cut into row blocks.
 
   Returns:
     Scalar cost, equal to ``gme_cost_dense(x, z)`` up to float rounding (summation order).
@@ -176,17 +207,18 @@ def gme_cost_triangle(x: jax.Array, z: jax.Array, blocks: int = TRIANGLE_BLOCKS)
   x = _at_least_f32(_flat(x))
   z = _flat(z)
   n = x.shape[0]
-  blocks = max(1, min(int(blocks), n))
   xn, zn = sq_norms(x), sq_norms(z)
-  edges = [round(i * n / blocks) for i in range(blocks + 1)]
   total = jnp.zeros((), x.dtype)
-  for s, e in zip(edges[:-1], edges[1:]):
-    dx = cross_sq_dists(xn[s:e], xn[s:], jax.lax.optimization_barrier(gram(x[s:e], x[s:])))
-    dz = cross_sq_dists(zn[s:e], zn[s:], gram(z[s:e], z[s:]))
+  for r0, r1, c0, c1, own in triangle_tiles(n, blocks, halvings):
+    dx = cross_sq_dists(xn[r0:r1], xn[c0:c1],
+                        jax.lax.optimization_barrier(gram(x[r0:r1], x[c0:c1])))
+    dz = cross_sq_dists(zn[r0:r1], zn[c0:c1], gram(z[r0:r1], z[c0:c1]))
     sq = jnp.square(log_distortion(dx, dz.astype(dx.dtype)))
-    b = e - s
-    own = sq[:, :b] * (1.0 - jnp.eye(b, dtype=sq.dtype))  # diagonal pairs are 0 by definition
-    total = total + jnp.sum(own) + 2.0 * jnp.sum(sq[:, b:])
+    if own:
+      mine = sq[:, :own] * (1.0 - jnp.eye(own, dtype=sq.dtype))  # diagonal pairs are 0
+      total = total + jnp.sum(mine) + 2.0 * jnp.sum(sq[:, own:])
+    else:
+      total = total + 2.0 * jnp.sum(sq)
   return total / (n * n)
 
 

@@ -72,12 +72,34 @@ def test_blockwise_equals_dense(n, block):
   np.testing.assert_allclose(g_blk, g_dense, rtol=1e-4, atol=1e-8)
 
 
-@pytest.mark.parametrize("n,blocks", [(257, 3), (520, 4)])
-def test_triangle_equals_dense_value_gradient_and_hessian(n, blocks):
+@pytest.mark.parametrize("n", [7, 257, 520, 2000])
+@pytest.mark.parametrize("blocks,halvings", [(1, 0), (3, 0), (4, 0), (2, 2), (4, 1), (2, 3)])
+def test_triangle_tiles_count_every_ordered_pair_once(n, blocks, halvings):
+  """Own diagonal blocks count their ordered pairs once, the other tiles each pair and its
+  mirror: every ordered pair exactly once, and the tiles hold (k + 1) / (2k) of the matrix."""
+  count = np.zeros((n, n), int)
+  area = 0
+  tiles = costs.triangle_tiles(n, blocks, halvings)
+  for r0, r1, c0, c1, own in tiles:
+    assert own == 0 and c0 >= r1 or own == r1 - r0 and c0 == r0, (r0, r1, c0, c1, own)
+    count[r0:r1, c0:c0 + own] += 1
+    count[r0:r1, c0 + own:c1] += 1
+    count[c0 + own:c1, r0:r1] += 1
+    area += (r1 - r0) * (c1 - c0)
+  assert (count == 1).all()
+  k = sum(1 for t in tiles if t[4])
+  assert k == min(n, blocks * 2**halvings)
+  if n % k == 0:
+    assert area == n * n * (k + 1) // (2 * k)
+
+
+@pytest.mark.parametrize("n,blocks,halvings", [
+    (257, 3, 0), (520, 4, 0), (520, costs.TRIANGLE_BLOCKS, costs.TRIANGLE_HALVINGS)])
+def test_triangle_equals_dense_value_gradient_and_hessian(n, blocks, halvings):
   """The upper-triangle GME (what ``gme_cost`` runs from TRIANGLE_MIN_ROWS rows on) against the
   dense pair matrix: value and gradient to 1e-6 relative, and a Hessian-vector product."""
   x, z = random_xz(n, 40, 7, seed=n, scale_z=3.0)
-  tri = lambda a, b: costs.gme_cost_triangle(a, b, blocks)
+  tri = lambda a, b: costs.gme_cost_triangle(a, b, blocks, halvings)
   v0, g0 = jax.jit(jax.value_and_grad(costs.gme_cost_dense, argnums=1))(x, z)
   v, g = jax.jit(jax.value_and_grad(tri, argnums=1))(x, z)
   assert abs(float(v) - float(v0)) <= 1e-6 * float(v0)
