@@ -1,5 +1,4 @@
 """Test set-up: 8 fake CPU devices (set before JAX initialises), and helpers to run the CLI."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -26,14 +25,18 @@ os.environ.setdefault("GPE_JAX_CACHE", tempfile.mkdtemp(prefix="gpe_jax_test_cac
 # warm): many tests compile the same programs (a smoke run's stages, the experiments'
 # variants), and a cached executable loads in a fraction of its compile time. An entry is keyed
 # by the program, the XLA flags and the jax version, so it changes no number; the cache is
-# bounded (least recently used entries go first). JAX_COMPILATION_CACHE_DIR= turns it off.
+# kept under 2 GiB (least recently used entries go first), pruned once when a test session
+# starts (``cli.prune_compilation_cache``) rather than by jax, whose bound lists the whole
+# folder before each write: a cold suite spent minutes in it. JAX_COMPILATION_CACHE_DIR= turns
+# the cache off.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
     "gpe_jax", "jax_test_compilation_cache"))
 if os.environ["JAX_COMPILATION_CACHE_DIR"]:   # JAX_COMPILATION_CACHE_DIR= turns it off
   os.makedirs(os.environ["JAX_COMPILATION_CACHE_DIR"], exist_ok=True)
-if importlib.util.find_spec("filelock"):   # jax needs it to bound the cache (test extra)
-  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+  if "PYTEST_XDIST_WORKER" not in os.environ:   # the controlling process, once per session
+    from gpe_jax import cli as _cli  # noqa: E402
+    _cli.prune_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -517,6 +517,58 @@ def test_compilation_cache_repair_removes_entries_without_access_time(tmp_path):
   assert cli.repair_compilation_cache(str(tmp_path / "missing")) == 0
 
 
+def test_compilation_cache_prune_keeps_the_most_recent_under_the_bound(tmp_path):
+  """Commands bound the cache themselves, once at start (jax's own bound lists the folder
+  before every write): over the bound the least recently used entries go, with their atime
+  files, until 3/4 of it is left; at or under it nothing goes; other files are not entries."""
+  from gpe_jax import cli
+  for i in range(10):
+    entry = tmp_path / f"k{i}-cache"
+    entry.write_bytes(b"\0" * 100)
+    os.utime(entry, (1_000 + i, 1_000 + i))
+  (tmp_path / "k0-atime").write_bytes(b"\0" * 8)
+  (tmp_path / "k9-atime").write_bytes(b"\0" * 8)
+  (tmp_path / "notes.txt").write_bytes(b"\0" * 5_000)
+  assert cli.prune_compilation_cache(str(tmp_path), 1_000) == 0   # 1,000 bytes: at the bound
+  assert len(list(tmp_path.iterdir())) == 13
+  assert cli.prune_compilation_cache(str(tmp_path), 900) == 4     # to <= 675 bytes: 6 left
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      [f"k{i}-cache" for i in range(4, 10)] + ["k9-atime", "notes.txt"])
+  os.utime(tmp_path / "k4-cache", (2_000, 1_004))   # read since: the most recently used now
+  assert cli.prune_compilation_cache(str(tmp_path), 500) == 3     # to <= 375 bytes: 3 left
+  assert sorted(p.name for p in tmp_path.glob("*-cache")) == ["k4-cache", "k8-cache",
+                                                              "k9-cache"]
+  assert cli.prune_compilation_cache(str(tmp_path / "missing"), 1) == 0
+
+
+def test_command_cache_is_pruned_at_start_and_not_bounded_by_jax(tmp_path, monkeypatch):
+  """The default command cache: pruned by ``enable_compilation_cache`` when over its bound,
+  and left unbounded for jax (no listing of the folder per write)."""
+  import jax
+  from gpe_jax import cli
+  before = {k: getattr(jax.config, k) for k in (
+      "jax_compilation_cache_dir", "jax_compilation_cache_max_size",
+      "jax_persistent_cache_min_compile_time_secs")}
+  monkeypatch.delenv(cli.COMPILATION_CACHE_ENV, raising=False)
+  monkeypatch.setenv("GPE_JAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(cli, "CACHE_MAX_BYTES", 400)
+  (tmp_path / "xla").mkdir()
+  for i in range(5):
+    entry = tmp_path / "xla" / f"k{i}-cache"
+    entry.write_bytes(b"\0" * 100)
+    os.utime(entry, (1_000 + i, 1_000 + i))
+  try:
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    assert cli.enable_compilation_cache() == str(tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_max_size == -1
+    assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == ["k2-cache", "k3-cache",
+                                                                    "k4-cache"]
+  finally:
+    for k, v in before.items():
+      jax.config.update(k, v)
+
+
 def test_experiment_workers_bound_the_compilation_cache_as_the_parent_does(tmp_path,
                                                                           monkeypatch):
   """Worker processes of an experiment (``experiments.workers``) write into the parent's

@@ -14,7 +14,6 @@ checkpoints exactly like a normal run — then reads their summaries and metrics
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import platform
@@ -80,16 +79,18 @@ _SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 def _worker_cache(workdir: str) -> dict:
   """The compilation cache the worker processes share, as this process has it set up: the
   user's own (``jax_compilation_cache_dir`` or ``JAX_COMPILATION_CACHE_DIR``) when set, else
-  ``WORKDIR/.jax_cache``, with the same size bound. A worker must bound the cache as this
-  process does: entries written without the bound lack the access-time files that a bounded
-  cache reads before each write (``cli.repair_compilation_cache``)."""
-  cache = jax.config.jax_compilation_cache_dir or os.path.join(workdir, ".jax_cache")
-  os.makedirs(cache, exist_ok=True)
-  max_size = int(jax.config.jax_compilation_cache_max_size)
-  if max_size == -1 and importlib.util.find_spec("filelock"):
+  ``WORKDIR/.jax_cache`` (pruned to ``cli.CACHE_MAX_BYTES`` here), with the same size bound. A
+  worker must bound the cache as this process does: where jax bounds it, entries written
+  without the bound lack the access-time files that a bounded cache reads before each write
+  (``cli.repair_compilation_cache``)."""
+  cache = jax.config.jax_compilation_cache_dir
+  if not cache:
     from gpe_jax import cli  # pylint: disable=import-outside-toplevel
-    max_size = cli.CACHE_MAX_BYTES
-  return {"dir": cache, "max_size": max_size}
+    cache = os.path.join(workdir, ".jax_cache")
+    os.makedirs(cache, exist_ok=True)
+    cli.prune_compilation_cache(cache)
+  os.makedirs(cache, exist_ok=True)
+  return {"dir": cache, "max_size": int(jax.config.jax_compilation_cache_max_size)}
 
 
 def _init_worker(cache: dict) -> None:
