@@ -619,9 +619,9 @@ def repair_compilation_cache(path: str) -> int:
   a ``KEY-atime`` file beside each ``KEY-cache`` entry and reads all of them before it writes a
   new entry; one entry without its atime file (written by a process that did not bound the
   cache, or killed between the two writes) makes every later write into the folder fail, so
-  every run compiles everything again. Such entries are removed
-  (under the cache's own lock when ``filelock`` is installed); removing one costs only one
-  compilation. Returns how many were removed; an unreadable folder is left alone (0).
+  every run compiles everything again. Such entries are removed (under the cache's own lock
+  when ``filelock`` is installed); removing one costs only one compilation. Returns how many
+  were removed; an unreadable folder is left alone (0).
   """
   try:
     names = set(os.listdir(path))

@@ -83,13 +83,11 @@ def _worker_cache(workdir: str) -> dict:
   worker must bound the cache as this process does: where jax bounds it, entries written
   without the bound lack the access-time files that a bounded cache reads before each write
   (``cli.repair_compilation_cache``)."""
-  cache = jax.config.jax_compilation_cache_dir
-  if not cache:
-    from gpe_jax import cli  # pylint: disable=import-outside-toplevel
-    cache = os.path.join(workdir, ".jax_cache")
-    os.makedirs(cache, exist_ok=True)
-    cli.prune_compilation_cache(cache)
+  cache = jax.config.jax_compilation_cache_dir or os.path.join(workdir, ".jax_cache")
   os.makedirs(cache, exist_ok=True)
+  if not jax.config.jax_compilation_cache_dir:
+    from gpe_jax import cli  # pylint: disable=import-outside-toplevel
+    cli.prune_compilation_cache(cache)
   return {"dir": cache, "max_size": int(jax.config.jax_compilation_cache_max_size)}
 
 
