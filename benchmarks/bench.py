@@ -55,7 +55,7 @@ import ml_collections
 # Run as a script from anywhere: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpe_jax import costs, models, train_loop  # noqa: E402
+from gpe_jax import costs, hostmem, models, train_loop  # noqa: E402
 
 GME_SIZES = ((100, 1024, 30), (1000, 1024, 30), (2000, 3072, 100))
 BLOCKWISE_SIZES = GME_SIZES[1:]
@@ -367,11 +367,11 @@ def bench_hessian(iters: int) -> dict:
   return out
 
 
-def environment() -> dict:
+def environment(host_malloc: bool) -> dict:
   devices = jax.devices()
   return {"jax": jax.__version__, "backend": jax.default_backend(),
           "device_kind": devices[0].device_kind, "device_count": len(devices),
-          "cpu_count": os.cpu_count()}
+          "cpu_count": os.cpu_count(), "keep_freed_memory": host_malloc}
 
 
 def main(argv=None) -> None:
@@ -384,11 +384,13 @@ def main(argv=None) -> None:
                       help="timed iterations (default: 10 for gme and the --variants steps, "
                            "20 for the codebase's steps)")
   args = parser.parse_args(argv)
+  # As the commands do (cli.run), before the backend starts; GPE_JAX_MALLOC=system leaves it.
+  host_malloc = hostmem.keep_freed_memory()
   which = args.which or [b for b in BENCHMARKS if b != "encparts"]
   unknown = sorted(set(which) - set(BENCHMARKS))
   if unknown:  # checked here: argparse's choices reject an empty nargs="*" list on 3.11
     parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-  out = environment()
+  out = environment(host_malloc)
   if "gme" in which:
     out.update(bench_gme(args.iters or 10, args.variants))
   if "enc" in which:

@@ -130,6 +130,9 @@ def main() -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" not in flags:   # as tests/conftest.py
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+  sys.path.insert(0, os.path.dirname(HERE))
+  from gpe_jax import hostmem
+  hostmem.keep_freed_memory()   # as tests/conftest.py, before the backend starts
   import jax
   record = "--record" in sys.argv[1:]
   runs = [measure() for _ in range(3 if record else 1)]

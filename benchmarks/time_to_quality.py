@@ -65,6 +65,8 @@ def write_data(folder: str) -> dict:
 
 
 def run_ours(args) -> dict:
+  from gpe_jax import hostmem
+  hostmem.keep_freed_memory()   # as the commands do, before the backend starts
   import jax
   import jax.numpy as jnp
   from configs import fashion_mnist

@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 from absl import app, flags
 from ml_collections import config_flags
 
-from gpe_jax import errors, logs, parallel
+from gpe_jax import errors, hostmem, logs, parallel
 
 FLAGS = flags.FLAGS
 EXIT_USER_ERROR = 2
@@ -668,6 +668,7 @@ def run(body: Callable[..., object], module: str, require_workdir: bool = False,
     require_workdir: whether --workdir must be given.
     default_workdir: ``default_workdir(config)``, the workdir when --workdir is absent.
   """
+  hostmem.keep_freed_memory()   # before the XLA backend's threads start
   define_flags()
   for name in ("config", "workdir", *DISTRIBUTED_FLAGS, "verbose", "config_help"):  # --help
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])

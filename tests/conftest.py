@@ -15,6 +15,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import tempfile  # noqa: E402
 
+# Large freed host buffers kept mapped, as the commands do (gpe_jax.hostmem), in every pytest
+# process before its XLA backend starts.
+from gpe_jax import hostmem as _hostmem  # noqa: E402
+_hostmem.keep_freed_memory()
+
 import pytest  # noqa: E402
 
 # One classifier cache for the whole test session (never the user's ~/.cache).

@@ -24,7 +24,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from gpe_jax import logs, pipeline
+from gpe_jax import hostmem, logs, pipeline
 
 
 @dataclasses.dataclass
@@ -92,6 +92,7 @@ def _worker_cache(workdir: str) -> dict:
 
 
 def _init_worker(cache: dict) -> None:
+  hostmem.keep_freed_memory()
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _SINGLE_THREAD).strip()
   if jax.config.jax_compilation_cache_dir != cache["dir"]:
     jax.config.update("jax_compilation_cache_dir", cache["dir"])
