@@ -1,27 +1,32 @@
 """Host memory for XLA:CPU: keep large freed buffers in the process instead of unmapping them.
 
 XLA:CPU allocates a program's temporary buffers afresh on every call and frees them after it.
-glibc's malloc serves a request of more than 32 MiB (its largest mmap threshold), and any
+glibc's malloc serves a request above its mmap threshold (which adapts, up to 32 MiB), and any
 request from a thread whose arena heap cannot hold it (64 MiB), with a fresh ``mmap`` that
 ``free`` unmaps again, so each call of such a program writes into new pages: one page fault
 per 4 KiB, with the kernel zeroing each page first. Measured on a 2-core AMD EPYC,
 ``value_and_grad(costs.gme_cost)`` at n = 2000, D = 3072: 22,520 page faults (a 92 MB
-temporary) and 104-106 ms per call; with ``keep_freed_memory`` no fault and 85-92 ms; the
-Fashion-MNIST decoder step (``bench.py dec``) 0.44-0.46 s before, 0.40 s after
+temporary) and 104-123 ms per call; with ``keep_freed_memory`` no fault and 85-98 ms; the
+MNIST-sized decoder step of ``bench.py dec`` 0.42-0.47 s before, 0.40-0.42 s after
 (benchmarks/README.md).
 
-``keep_freed_memory`` sets glibc's malloc (``mallopt``) so that all threads allocate from the
-main heap (``M_ARENA_MAX`` 1), large blocks come from that heap too (``M_MMAP_MAX`` 0), and up
-to ``TRIM_THRESHOLD`` bytes freed at its top stay mapped for the next call (``M_TRIM_THRESHOLD``,
-``M_TOP_PAD``). The commands (``cli.run``), the benchmarks and the tests call it at start,
-before the XLA backend's threads exist (a thread keeps the arena it first allocated from).
-It changes no number, only where buffers live; the price is that the process returns freed
-memory to the system less eagerly (its resident size stays near its peak).
+``keep_freed_memory`` sets glibc's malloc (``mallopt``) so that large blocks come from the main
+heap too (``M_MMAP_MAX`` 0) and up to ``TRIM_THRESHOLD`` bytes freed at its top stay mapped for
+the next call (``M_TRIM_THRESHOLD``, ``M_TOP_PAD``), and has jax run single-device CPU programs
+on the calling thread (``jax_cpu_enable_async_dispatch`` off): the main thread allocates from
+the main heap, while any other thread's arena hands a block above its 64 MiB heap to ``mmap``
+whatever the settings. (Putting every thread on the main heap instead, ``M_ARENA_MAX`` 1, also
+removes the faults but made the Fashion-MNIST encoder step 6-8% slower, 9.4-9.8 ms against
+8.8-9.0; running on the calling thread cost that step nothing measurable: 8.8-8.9 ms.) The
+commands (``cli.run``), the benchmarks and the tests call it at start. It changes no number,
+only where buffers live and when Python gets control back: a jitted call now returns when its
+result is ready, as ``block_until_ready`` would (programs sharded over several devices are
+still dispatched asynchronously). The process returns freed memory to the system less
+eagerly (its resident size stays near its peak).
 
 It does nothing (returns False) off glibc, where an accelerator plugin is installed and
-``JAX_PLATFORMS`` does not restrict jax to the CPU (the host then mostly feeds the device, and
-one arena for every input thread could cost more than it saves), or when
-``GPE_JAX_MALLOC=system``.
+``JAX_PLATFORMS`` does not restrict jax to the CPU (the host then mostly feeds the device), or
+when ``GPE_JAX_MALLOC=system``.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import sys
 
 ENV = "GPE_JAX_MALLOC"
 # mallopt parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 # Freed memory at the heap's top kept for reuse, and the extra the heap grows by at a time.
 TRIM_THRESHOLD = 1 << 30
 TOP_PAD = 64 << 20
@@ -65,7 +70,11 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError):
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  _applied = all(mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
-                                                  (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                                                  (_M_TOP_PAD, TOP_PAD)))
-  return _applied
+  if not all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_MAX, 0),
+                                              (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+                                              (_M_TOP_PAD, TOP_PAD))):
+    return False
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  _applied = True
+  return True
