@@ -6,8 +6,8 @@ request from a thread whose arena heap cannot hold it (64 MiB), with a fresh ``m
 ``free`` unmaps again, so each call of such a program writes into new pages: one page fault
 per 4 KiB, with the kernel zeroing each page first. Measured on a 2-core AMD EPYC,
 ``value_and_grad(costs.gme_cost)`` at n = 2000, D = 3072: 22,520 page faults (a 92 MB
-temporary) and 104-123 ms per call; with ``keep_freed_memory`` no fault and 85-98 ms; the
-MNIST-sized decoder step of ``bench.py dec`` 0.42-0.47 s before, 0.40-0.42 s after
+temporary) and 104-123 ms per call; with ``keep_freed_memory`` no fault and 81-98 ms; the
+MNIST-sized decoder step of ``bench.py dec`` 0.43-0.51 s before, 0.38-0.46 s after
 (benchmarks/README.md).
 
 ``keep_freed_memory`` sets glibc's malloc (``mallopt``) so that large blocks come from the main
