@@ -15,11 +15,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import tempfile  # noqa: E402
 
-# Large freed host buffers kept mapped, as the commands do (gpe_jax.hostmem), in every pytest
-# process before its XLA backend starts.
-from gpe_jax import hostmem as _hostmem  # noqa: E402
-_hostmem.keep_freed_memory()
-
 import pytest  # noqa: E402
 
 # One classifier cache for the whole test session (never the user's ~/.cache).
@@ -37,13 +32,19 @@ os.environ.setdefault("GPE_JAX_CACHE", tempfile.mkdtemp(prefix="gpe_jax_test_cac
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
     "gpe_jax", "jax_test_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if os.environ["JAX_COMPILATION_CACHE_DIR"]:   # JAX_COMPILATION_CACHE_DIR= turns it off
   os.makedirs(os.environ["JAX_COMPILATION_CACHE_DIR"], exist_ok=True)
   if "PYTEST_XDIST_WORKER" not in os.environ:   # the controlling process, once per session
     from gpe_jax import cli as _cli  # noqa: E402
     _cli.prune_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# Large freed host buffers kept mapped, as the commands do (gpe_jax.hostmem), in every pytest
+# process before its XLA backend starts. It imports jax, which reads its JAX_* settings when
+# imported: so after all of them.
+from gpe_jax import hostmem as _hostmem  # noqa: E402
+_hostmem.keep_freed_memory()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
